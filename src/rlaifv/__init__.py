@@ -1,0 +1,3 @@
+"""rlaifv: RLAIF-V, trustworthy VLMs from open-source AI feedback."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,138 @@
+"""The ``rlaifv`` command line: one typer app, a thin command per stage.
+
+Every command builds its stage's config from defaults <- ``--config YAML`` <- flags, calls the
+stage's Python function, and prints a rich summary. Errors a user can fix are printed as one
+clear line (exit code 2), not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="RLAIF-V: trustworthy VLMs from open-source AI feedback.")
+sandbox_app = typer.Typer(no_args_is_help=True, help="The synthetic sandbox world and its tiny VLMs.")
+app.add_typer(sandbox_app, name="sandbox")
+console = Console()
+
+
+class UserError(Exception):
+    """An error the user can fix; printed without a traceback."""
+
+
+@sandbox_app.command("pretrain")
+def sandbox_pretrain(
+    preset: str = typer.Option("policy", help="policy | labeler: which sandbox model to train."),
+    out: Path = typer.Option(..., help="Output checkpoint folder (save_pretrained layout)."),
+    steps: Optional[int] = typer.Option(None, help="Instruction-stage steps (default: the preset's budget)."),
+    vision_steps: Optional[int] = typer.Option(None, help="Vision-stage steps (default: the preset's)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
+    config: Optional[Path] = typer.Option(None, help="YAML file with PretrainConfig fields."),
+    eval_scenes: int = typer.Option(200, help="Held-out scenes to evaluate on after training (0: skip)."),
+) -> None:
+    """Supervised pre-training of a sandbox VLM on the CPU (fixed step budget and seed)."""
+    from .config import load_config
+    from .eval.report import print_table, write_json
+    from .progress import progress_bar
+    from .sandbox.evaluate import SandboxEvalConfig, evaluate_sandbox, summary_row
+    from .sandbox.pretrain import PretrainConfig, pretrain
+    from .sandbox.pretrain import preset as get_preset
+
+    cfg = load_config(PretrainConfig, config, {"steps": steps, "vision_steps": vision_steps, "seed": seed}, base=get_preset(preset))
+    with progress_bar(f"pretrain {preset}") as bar:
+        model, processor, log = pretrain(cfg, out, progress=bar)
+    console.print(f"saved {out} ({log['train_seconds']} s of training)")
+    if eval_scenes:
+        res = evaluate_sandbox(model, processor, SandboxEvalConfig(n_scenes=eval_scenes))
+        write_json(Path(out) / "rlaifv_eval.json", res)
+        print_table(f"{preset} on {eval_scenes} held-out scenes", [summary_row(preset, res)], None, console=console)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: list[str] = typer.Option(["sandbox:policy", "sandbox:labeler"], help="Model folder(s) or sandbox:policy / sandbox:labeler."),
+    n_scenes: int = typer.Option(200, help="Held-out sandbox scenes."),
+    split: str = typer.Option("test", help="Scene split: val | test."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    out: Optional[Path] = typer.Option(None, help="Write all metrics as JSON here."),
+    device: str = typer.Option("cpu", help="cpu | cuda."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16."),
+) -> None:
+    """Sandbox hallucination metrics: CHAIR_i/CHAIR_s/recall, POPE (3 splits), claim-question F1."""
+    from .eval.report import print_table, write_json
+    from .models.load import load_vlm
+    from .sandbox.evaluate import SandboxEvalConfig, evaluate_sandbox, summary_row
+
+    cfg = SandboxEvalConfig(n_scenes=n_scenes, split=split, seed=seed)
+    rows, results = [], {}
+    for name in model:
+        m, p = load_vlm(name, device=device, dtype=dtype)
+        with console.status(f"evaluating {name} on {n_scenes} scenes"):
+            results[name] = evaluate_sandbox(m, p, cfg)
+        rows.append(summary_row(name, results[name]))
+    print_table(f"sandbox eval ({n_scenes} {split} scenes, seed {seed})", rows, None, console=console)
+    if out:
+        write_json(out, results)
+        console.print(f"wrote {out}")
+
+
+@app.command("eval-coco")
+def eval_coco(
+    answers: Path = typer.Option(..., help="JSONL with {'image_id': ..., 'text': ...} per line."),
+    annotations: Path = typer.Option(..., help="COCO instances JSON (images, annotations, categories)."),
+    captions: Optional[Path] = typer.Option(None, help="COCO captions JSON: adds objects from reference captions."),
+    out: Optional[Path] = typer.Option(None, help="Write metrics (with per-answer details) as JSON."),
+) -> None:
+    """Object HalBench-style CHAIR on COCO images with rule-based object extraction (no API)."""
+    from .eval.coco import CocoGroundTruth, coco_chair
+    from .eval.report import print_table, write_json
+
+    gt = CocoGroundTruth.from_annotations(annotations, captions_path=captions)
+    rows = {}
+    for n, line in enumerate(answers.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            rows[rec["image_id"]] = rec["text"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{answers}:{n}: expected {{'image_id', 'text'}} JSON ({e})") from e
+    res = coco_chair(rows, gt)
+    cols = ["n_answers", "chair_i", "chair_s", "recall", "avg_length"]
+    print_table("COCO CHAIR", [{k: res[k] for k in cols}], cols, console=console)
+    if out:
+        write_json(out, res)
+
+
+@app.command("demo")
+def demo(
+    n_scenes: int = typer.Option(200, help="Held-out sandbox scenes to evaluate on."),
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its tables."),
+) -> None:
+    """The sandbox demo: the shipped policy and labeler, measured on held-out scenes."""
+    eval_cmd(model=["sandbox:policy", "sandbox:labeler"], n_scenes=n_scenes, split="test", seed=0, out=out / "eval.json", device="cpu", dtype="float32")
+
+
+def main() -> None:
+    """Console-script entry point: user errors print one line and exit 2."""
+    from .config import ConfigError
+    from .models.load import ModelLoadError
+    from .records import RecordError
+
+    try:
+        app()
+    except (UserError, ConfigError, ModelLoadError, RecordError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise SystemExit(2) from e
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Turn (image, question[, answer]) into model inputs for any HF VLM processor.
+
+The chat template always comes from the processor. Training batches put the answer (plus the
+tokenizer's EOS) after the templated prompt and supervise only the answer tokens; prompts are
+encoded one example at a time so that every architecture's image-token expansion is honoured,
+then padded together. Extra image tensors (``pixel_values``, ``pixel_attention_mask``,
+``image_grid_thw``, ...) are concatenated along the batch dimension.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+IGNORE_INDEX = -100
+_TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+
+
+def user_message(question: str) -> list[dict[str, Any]]:
+    """One user turn with an image part followed by a text part (TRL's vision format)."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
+
+def prompt_text(processor, question: str) -> str:
+    """The templated prompt, ending with the assistant generation header."""
+    return processor.apply_chat_template(user_message(question), add_generation_prompt=True, tokenize=False)
+
+
+def _images_arg(processor, image: Image.Image):
+    # Idefics3/SmolVLM take a nested list (images per sample); others take a flat list.
+    name = type(processor).__name__
+    return [[image]] if ("Idefics" in name or "SmolVLM" in name) else [image]
+
+
+def encode_prompt(processor, image: Image.Image, question: str) -> dict[str, torch.Tensor]:
+    """Encode one prompt (image + question, templated), unpadded, batch size 1."""
+    return dict(processor(text=[prompt_text(processor, question)], images=_images_arg(processor, image), return_tensors="pt"))
+
+
+def answer_ids(processor, answer: str) -> list[int]:
+    """Token ids of the answer followed by EOS, as the model should produce them."""
+    tok = processor.tokenizer
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    return list(ids) + [tok.eos_token_id]
+
+
+def collate(
+    processor,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    answers: Sequence[str] | None = None,
+    padding_side: str = "right",
+) -> dict[str, torch.Tensor]:
+    """Batch examples; with ``answers``, add ``labels`` that supervise only the answer + EOS.
+
+    ``padding_side='left'`` is what generation wants; training uses right padding.
+    """
+    pad_id = processor.tokenizer.pad_token_id
+    rows: list[list[int]] = []
+    label_rows: list[list[int]] = []
+    extras: dict[str, list[torch.Tensor]] = {}
+    for i, (img, q) in enumerate(zip(images, questions)):
+        enc = encode_prompt(processor, img, q)
+        ids = enc.pop("input_ids")[0].tolist()
+        enc.pop("attention_mask", None)
+        for k in [k for k in enc if k in _TEXT_KEYS]:
+            enc.pop(k)
+        for k, v in enc.items():
+            extras.setdefault(k, []).append(v)
+        if answers is not None:
+            a = answer_ids(processor, answers[i])
+            label_rows.append([IGNORE_INDEX] * len(ids) + a)
+            ids = ids + a
+        rows.append(ids)
+    width = max(len(r) for r in rows)
+    batch = {
+        "input_ids": torch.tensor([_pad(r, width, pad_id, padding_side) for r in rows]),
+        "attention_mask": torch.tensor([_pad([1] * len(r), width, 0, padding_side) for r in rows]),
+    }
+    if answers is not None:
+        batch["labels"] = torch.tensor([_pad(r, width, IGNORE_INDEX, padding_side) for r in label_rows])
+    for k, vs in extras.items():
+        batch[k] = torch.cat(vs, dim=0)
+    return batch
+
+
+def _pad(row: list[int], width: int, value: int, side: str) -> list[int]:
+    fill = [value] * (width - len(row))
+    return row + fill if side == "right" else fill + row
