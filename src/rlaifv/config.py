@@ -32,7 +32,11 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         typ = hints.get(key)
-        if dataclasses.is_dataclass(typ) and isinstance(value, dict):
+        if dataclasses.is_dataclass(typ):
+            if dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a mapping of {typ.__name__} fields, got {value!r}")
             value = from_dict(typ, value, f"{where}.{key}")  # type: ignore[arg-type]
         elif isinstance(value, list) and _is_tuple(typ):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
@@ -58,15 +62,20 @@ def load_config(cls: type[C], yaml_path: str | Path | None = None, overrides: di
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = _deep_update(data, loaded)
-    data = _deep_update(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+        data = _deep_update(data, loaded, cls)
+    data = _deep_update(data, {k: v for k, v in (overrides or {}).items() if v is not None}, cls)
     return from_dict(cls, data, where=str(yaml_path or cls.__name__))
 
 
-def _deep_update(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def _deep_update(a: dict[str, Any], b: dict[str, Any], cls: Any) -> dict[str, Any]:
+    """Merge ``b`` into ``a``: nested config sections merge field by field, plain values (a
+    dict-valued field such as a task mix included) are replaced whole."""
+    hints = get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        sub = hints.get(k)
+        nested = dataclasses.is_dataclass(sub) and isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = _deep_update(out[k], v, sub) if nested else v
     return out
 
 

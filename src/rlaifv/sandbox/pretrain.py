@@ -119,9 +119,15 @@ def _batch(world: World, processor, rng: random.Random, cfg: PretrainConfig, tas
 
 
 def vision_stage(model, processor, world: World, cfg: PretrainConfig, rng: random.Random, progress=None) -> dict:
-    """Train vision tower + connector to encode each cell (aux heads are discarded after)."""
+    """Train vision tower + connector to encode each cell's content and its position.
+
+    The heads (discarded after) read shape-or-empty, colour, size and cell index from each
+    image token, so the language model can later find "the top left" by content-based attention.
+    """
     dim = model.config.text_config.hidden_size
-    heads = nn.ModuleDict({"shape": nn.Linear(dim, len(SHAPES) + 1), "colour": nn.Linear(dim, len(COLOURS)), "size": nn.Linear(dim, len(SIZES))})
+    names = ("shape", "colour", "size", "cell")
+    sizes = (len(SHAPES) + 1, len(COLOURS), len(SIZES), GRID * GRID)
+    heads = nn.ModuleDict({k: nn.Linear(dim, n) for k, n in zip(names, sizes)})
     params = list(model.model.vision_model.parameters()) + list(model.model.connector.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr)
     ce = nn.CrossEntropyLoss(ignore_index=-100)
@@ -129,8 +135,8 @@ def vision_stage(model, processor, world: World, cfg: PretrainConfig, rng: rando
     for step in range(cfg.vision_steps):
         scenes, batch = _batch(world, processor, rng, cfg, ["count"], [1.0])
         feats = image_features(model, batch)
-        tgt = cell_targets(scenes)
-        logits = [heads[k](feats) for k in ("shape", "colour", "size")]
+        tgt = cell_targets(scenes) + (torch.arange(GRID * GRID).expand(len(scenes), -1),)
+        logits = [heads[k](feats) for k in names]
         loss = sum(ce(lg.flatten(0, 1), t.flatten()) for lg, t in zip(logits, tgt))
         opt.zero_grad()
         loss.backward()
