@@ -58,6 +58,8 @@ class PretrainConfig:
     #: average the loss per example, then over the batch, so a one-word "Yes." weighs as much
     #: as a 40-token description (token averaging drowns the yes/no signal)
     per_example_loss: bool = True
+    #: claim-question answers continue after "Yes."/"No." with what the asked cell holds
+    explain_claims: bool = True
     log_every: int = 100
 
     def to_dict(self) -> dict:
@@ -71,7 +73,7 @@ PRESETS: dict[str, PretrainConfig] = {
     ),
     "labeler": PretrainConfig(
         preset="labeler", steps=3000,
-        mix={"describe": 0.25, "probe": 0.15, "claim": 0.5, "count": 0.04, "colour": 0.03, "where": 0.03},
+        mix={"describe": 0.2, "what_at": 0.2, "probe": 0.1, "claim": 0.4, "count": 0.04, "colour": 0.03, "where": 0.03},
     ),
 }
 
@@ -81,8 +83,8 @@ def tokenizer_corpus(world: World, n_scenes: int = 400, seed: int = 0) -> list[s
     rng = random.Random(seed)
     texts = ["yes no Yes No", "Please answer yes or no."]
     for scene in world.scenes(n_scenes, "train"):
-        for task in ("describe", "count", "colour", "where", "probe", "claim"):
-            ex = sample_example(scene, task, rng, world.config, p_extra=0.5)
+        for task in ("describe", "count", "colour", "where", "probe", "claim", "what_at"):
+            ex = sample_example(scene, task, rng, world.config, p_extra=0.5, explain=True)
             texts += [ex.question, ex.answer]
     return texts
 
@@ -113,7 +115,7 @@ def image_features(model, batch: dict) -> torch.Tensor:
 
 def _batch(world: World, processor, rng: random.Random, cfg: PretrainConfig, tasks: list[str], weights: list[float]):
     scenes = [world.scene(rng.randrange(10**9), "train") for _ in range(cfg.batch_size)]
-    exs = [sample_example(s, rng.choices(tasks, weights)[0], rng, world.config, cfg.p_extra) for s in scenes]
+    exs = [sample_example(s, rng.choices(tasks, weights)[0], rng, world.config, cfg.p_extra, cfg.explain_claims) for s in scenes]
     imgs = [render(s, world.config.image_size) for s in scenes]
     return scenes, collate(processor, imgs, [e.question for e in exs], [e.answer for e in exs])
 

@@ -124,12 +124,29 @@ def claim_question_negative(scene: Scene, rng: random.Random, world: WorldConfig
             return SceneObject(o.shape, o.colour, "small" if o.size == "large" else "large", o.cell)
 
 
+def what_at(scene: Scene, cell: int) -> str:
+    """What the cell holds, as a sentence: "There is a small blue star at the top left." or
+    "There is nothing at the top left." (the grounding answer of the ``what_at`` task)."""
+    obj = scene.by_cell(cell)
+    return sentence(obj) if obj is not None else f"There is nothing {place(cell)}."
+
+
+def claim_answer(scene: Scene, obj: SceneObject, explain: bool) -> str:
+    """"Yes."/"No." for a claim question; with ``explain``, followed by what the asked cell
+    really holds. The first token decides (p_yes vs p_no); the explanation gives training a
+    dense signal for the lookup that decision needs."""
+    head = yes_no(claim_is_true(scene, obj))
+    return f"{head} {what_at(scene, obj.cell)}" if explain else head
+
+
 def claim_is_true(scene: Scene, obj: SceneObject) -> bool:
     """True iff the scene holds exactly this object (shape, colour, size, cell)."""
     return obj in scene.objects
 
 
-def sample_example(scene: Scene, task: str, rng: random.Random, world: WorldConfig, p_extra: float = 0.0) -> Example:
+def sample_example(
+    scene: Scene, task: str, rng: random.Random, world: WorldConfig, p_extra: float = 0.0, explain: bool = False
+) -> Example:
     """Draw one training/eval example of the given task for a scene."""
     if task == "describe":
         return Example(scene, task, DESCRIBE_PROMPT, noisy_description(scene, rng, world, p_extra))
@@ -148,8 +165,10 @@ def sample_example(scene: Scene, task: str, rng: random.Random, world: WorldConf
         comps = [c for c in (world.companion(s) for s in scene.shapes()) if c in absent]
         shape = rng.choice(comps) if comps and rng.random() < 0.5 else rng.choice(absent)
         return Example(scene, task, probe_question(shape), yes_no(False))
+    if task == "what_at":
+        cell = rng.randrange(GRID * GRID)
+        return Example(scene, task, f"What is {place(cell)}?", what_at(scene, cell))
     if task == "claim":
-        if rng.random() < 0.5:
-            return Example(scene, task, claim_question(rng.choice(scene.objects)), yes_no(True))
-        return Example(scene, task, claim_question(claim_question_negative(scene, rng, world)), yes_no(False))
+        obj = rng.choice(scene.objects) if rng.random() < 0.5 else claim_question_negative(scene, rng, world)
+        return Example(scene, task, claim_question(obj), claim_answer(scene, obj, explain))
     raise ValueError(f"unknown sandbox task {task!r}")
