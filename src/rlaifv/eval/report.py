@@ -20,15 +20,18 @@ def _cell(value: Any, digits: int) -> str:
 def print_table(
     title: str,
     rows: Sequence[dict[str, Any]],
-    columns: Sequence[str],
+    columns: Sequence[str] | None = None,
     console: Console | None = None,
     digits: int = 3,
 ) -> Table:
     """Print ``rows`` (dicts) as a table with the given ``columns`` (missing keys are blank).
 
     Floats are shown with ``digits`` decimals; numeric columns are right-aligned. Returns the
-    table so that callers (and tests) can reuse it.
+    table so that callers (and tests) can reuse it. ``columns=None`` takes every key of the
+    rows in first-seen order.
     """
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
     table = Table(title=title)
     for col in columns:
         numeric = any(isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool) for r in rows)

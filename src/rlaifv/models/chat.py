@@ -46,16 +46,43 @@ def answer_ids(processor, answer: str) -> list[int]:
     return list(ids) + [tok.eos_token_id]
 
 
+def followup_ids(processor, question: str, answer: str, followups: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """(ids, labels) of further (question, answer) turns about the same image, after ``answer``.
+
+    Turns are rendered with the processor's chat template; only answers + EOS are supervised.
+    """
+    tok = processor.tokenizer
+    eos = tok.eos_token
+    msgs = user_message(question) + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    rendered = processor.apply_chat_template(msgs, tokenize=False)
+    ids: list[int] = []
+    labels: list[int] = []
+    for q, a in followups:
+        prompt = processor.apply_chat_template(msgs + [{"role": "user", "content": [{"type": "text", "text": q}]}], add_generation_prompt=True, tokenize=False)
+        if not prompt.startswith(rendered) or not rendered.rstrip().endswith(eos):
+            raise ValueError("the chat template does not render turns as a prefix ending in EOS; multi-turn collation needs it")
+        after_eos = rendered[rendered.rindex(eos) + len(eos) :]
+        glue = tok(after_eos + prompt[len(rendered) :], add_special_tokens=False)["input_ids"]
+        a_ids = answer_ids(processor, a)
+        ids += list(glue) + a_ids
+        labels += [IGNORE_INDEX] * len(glue) + a_ids
+        msgs = msgs + [{"role": "user", "content": [{"type": "text", "text": q}]}, {"role": "assistant", "content": [{"type": "text", "text": a}]}]
+        rendered = processor.apply_chat_template(msgs, tokenize=False)
+    return ids, labels
+
+
 def collate(
     processor,
     images: Sequence[Image.Image],
     questions: Sequence[str],
     answers: Sequence[str] | None = None,
     padding_side: str = "right",
+    followups: Sequence[Sequence[tuple[str, str]]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batch examples; with ``answers``, add ``labels`` that supervise only the answer + EOS.
 
-    ``padding_side='left'`` is what generation wants; training uses right padding.
+    ``followups`` (with answers) adds further turns about the same image per example, all
+    supervised on their answers. ``padding_side='left'`` is what generation wants.
     """
     pad_id = processor.tokenizer.pad_token_id
     rows: list[list[int]] = []
@@ -73,6 +100,10 @@ def collate(
             a = answer_ids(processor, answers[i])
             label_rows.append([IGNORE_INDEX] * len(ids) + a)
             ids = ids + a
+            if followups is not None and followups[i]:
+                more, more_labels = followup_ids(processor, q, answers[i], followups[i])
+                ids += more
+                label_rows[-1] += more_labels
         rows.append(ids)
     width = max(len(r) for r in rows)
     batch = {

@@ -60,6 +60,10 @@ class PretrainConfig:
     per_example_loss: bool = True
     #: claim-question answers continue after "Yes."/"No." with what the asked cell holds
     explain_claims: bool = True
+    #: further yes/no and grounding turns about the same image per example (multi-turn): the
+    #: image is encoded once and the yes/no signal per step grows with the number of turns
+    extra_turns: int = 0
+    extra_mix: dict[str, float] = field(default_factory=lambda: {"claim": 0.6, "probe": 0.2, "what_at": 0.2})
     log_every: int = 100
 
     def to_dict(self) -> dict:
@@ -117,7 +121,15 @@ def _batch(world: World, processor, rng: random.Random, cfg: PretrainConfig, tas
     scenes = [world.scene(rng.randrange(10**9), "train") for _ in range(cfg.batch_size)]
     exs = [sample_example(s, rng.choices(tasks, weights)[0], rng, world.config, cfg.p_extra, cfg.explain_claims) for s in scenes]
     imgs = [render(s, world.config.image_size) for s in scenes]
-    return scenes, collate(processor, imgs, [e.question for e in exs], [e.answer for e in exs])
+    more = None
+    if cfg.extra_turns:
+        xt, xw = list(cfg.extra_mix), list(cfg.extra_mix.values())
+        more = [[_qa(sample_example(s, rng.choices(xt, xw)[0], rng, world.config, 0.0, cfg.explain_claims)) for _ in range(cfg.extra_turns)] for s in scenes]
+    return scenes, collate(processor, imgs, [e.question for e in exs], [e.answer for e in exs], followups=more)
+
+
+def _qa(ex) -> tuple[str, str]:
+    return ex.question, ex.answer
 
 
 def vision_stage(model, processor, world: World, cfg: PretrainConfig, rng: random.Random, progress=None) -> dict:
