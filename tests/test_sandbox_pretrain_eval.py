@@ -89,10 +89,26 @@ def test_evaluate_sandbox_reports_every_metric(tiny_sandbox_model):
     from rlaifv.models.load import load_vlm
 
     model, proc = load_vlm(tiny_sandbox_model)
-    res = evaluate_sandbox(model, proc, SandboxEvalConfig(n_scenes=4, max_new_tokens=8))
+    res = evaluate_sandbox(model, proc, SandboxEvalConfig(n_scenes=4, max_new_tokens=8, claim_modes=("direct", "describe_then_answer")))
+    assert res["claims"]["describe_then_answer"]["n"] == res["claims"]["direct"]["n"]
     assert set(res["pope"]) == {"random", "popular", "adversarial"}
     for split in res["pope"].values():
         assert 0.0 <= split["f1"] <= 1.0 and split["n"] > 0
-    assert res["claims"]["n"] == 4 * (1 + len(NEGATIVE_KINDS))  # one true + one per false kind, per scene
+    assert res["claims"]["direct"]["n"] == 4 * (1 + len(NEGATIVE_KINDS))  # one true + one per false kind, per scene
     row = summary_row("tiny", res)
     assert {"CHAIR_i (sampled)", "recall (sampled)", "POPE adversarial F1", "claim F1"} <= set(row)
+
+
+def test_history_puts_earlier_turns_before_the_question(tiny_sandbox_model):
+    from rlaifv.models.chat import collate, prompt_text
+    from rlaifv.models.load import load_vlm
+    from rlaifv.sandbox.render import render
+
+    _, proc = load_vlm(tiny_sandbox_model)
+    text = prompt_text(proc, "Is there a star?", [("Describe the image in detail.", "There is a small red star in the center.")])
+    assert text.index("<image>") < text.index("Describe") < text.index("small red star") < text.index("Is there a star?")
+    assert text.count("<image>") == 1 and text.endswith("<|im_start|>assistant\n")
+    img = render(World().scene(0))
+    with_hist = collate(proc, [img], ["Is there a star?"], histories=[[("Describe the image in detail.", "There is a small red star in the center.")]])
+    without = collate(proc, [img], ["Is there a star?"])
+    assert with_hist["input_ids"].shape[1] > without["input_ids"].shape[1]

@@ -65,13 +65,14 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, help="Write all metrics as JSON here."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16."),
+    claim_mode: list[str] = typer.Option(["direct"], help="Claim-question mode(s): direct | describe_then_answer (sandbox-only stand-in)."),
 ) -> None:
     """Sandbox hallucination metrics: CHAIR_i/CHAIR_s/recall, POPE (3 splits), claim-question F1."""
     from .eval.report import print_table, write_json
     from .models.load import load_vlm
     from .sandbox.evaluate import SandboxEvalConfig, evaluate_sandbox, summary_row
 
-    cfg = SandboxEvalConfig(n_scenes=n_scenes, split=split, seed=seed)
+    cfg = SandboxEvalConfig(n_scenes=n_scenes, split=split, seed=seed, claim_modes=tuple(claim_mode))
     rows, results = [], {}
     for name in model:
         m, p = load_vlm(name, device=device, dtype=dtype)
@@ -118,7 +119,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its tables."),
 ) -> None:
     """The sandbox demo: the shipped policy and labeler, measured on held-out scenes."""
-    eval_cmd(model=["sandbox:policy", "sandbox:labeler"], n_scenes=n_scenes, split="test", seed=0, out=out / "eval.json", device="cpu", dtype="float32")
+    eval_cmd(model=["sandbox:policy", "sandbox:labeler"], n_scenes=n_scenes, split="test", seed=0, out=out / "eval.json", device="cpu", dtype="float32", claim_mode=["direct"])
 
 
 def main() -> None:

@@ -23,9 +23,27 @@ def user_message(question: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
 
-def prompt_text(processor, question: str) -> str:
+def conversation(question: str, history: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+    """Messages for ``question`` after earlier (question, answer) turns; the image is in turn one."""
+    if not history:
+        return user_message(question)
+    msgs = user_message(history[0][0]) + [_assistant(history[0][1])]
+    for q, a in history[1:]:
+        msgs += [_user_text(q), _assistant(a)]
+    return msgs + [_user_text(question)]
+
+
+def _user_text(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": [{"type": "text", "text": text}]}
+
+
+def _assistant(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def prompt_text(processor, question: str, history: Sequence[tuple[str, str]] = ()) -> str:
     """The templated prompt, ending with the assistant generation header."""
-    return processor.apply_chat_template(user_message(question), add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template(conversation(question, history), add_generation_prompt=True, tokenize=False)
 
 
 def _images_arg(processor, image: Image.Image):
@@ -34,9 +52,10 @@ def _images_arg(processor, image: Image.Image):
     return [[image]] if ("Idefics" in name or "SmolVLM" in name) else [image]
 
 
-def encode_prompt(processor, image: Image.Image, question: str) -> dict[str, torch.Tensor]:
-    """Encode one prompt (image + question, templated), unpadded, batch size 1."""
-    return dict(processor(text=[prompt_text(processor, question)], images=_images_arg(processor, image), return_tensors="pt"))
+def encode_prompt(processor, image: Image.Image, question: str, history: Sequence[tuple[str, str]] = ()) -> dict[str, torch.Tensor]:
+    """Encode one prompt (image + question, templated, after ``history``), unpadded, batch size 1."""
+    text = prompt_text(processor, question, history)
+    return dict(processor(text=[text], images=_images_arg(processor, image), return_tensors="pt"))
 
 
 def answer_ids(processor, answer: str) -> list[int]:
@@ -53,12 +72,12 @@ def followup_ids(processor, question: str, answer: str, followups: Sequence[tupl
     """
     tok = processor.tokenizer
     eos = tok.eos_token
-    msgs = user_message(question) + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    msgs = user_message(question) + [_assistant(answer)]
     rendered = processor.apply_chat_template(msgs, tokenize=False)
     ids: list[int] = []
     labels: list[int] = []
     for q, a in followups:
-        prompt = processor.apply_chat_template(msgs + [{"role": "user", "content": [{"type": "text", "text": q}]}], add_generation_prompt=True, tokenize=False)
+        prompt = processor.apply_chat_template(msgs + [_user_text(q)], add_generation_prompt=True, tokenize=False)
         if not prompt.startswith(rendered) or not rendered.rstrip().endswith(eos):
             raise ValueError("the chat template does not render turns as a prefix ending in EOS; multi-turn collation needs it")
         after_eos = rendered[rendered.rindex(eos) + len(eos) :]
@@ -66,7 +85,7 @@ def followup_ids(processor, question: str, answer: str, followups: Sequence[tupl
         a_ids = answer_ids(processor, a)
         ids += list(glue) + a_ids
         labels += [IGNORE_INDEX] * len(glue) + a_ids
-        msgs = msgs + [{"role": "user", "content": [{"type": "text", "text": q}]}, {"role": "assistant", "content": [{"type": "text", "text": a}]}]
+        msgs = msgs + [_user_text(q), _assistant(a)]
         rendered = processor.apply_chat_template(msgs, tokenize=False)
     return ids, labels
 
@@ -78,18 +97,20 @@ def collate(
     answers: Sequence[str] | None = None,
     padding_side: str = "right",
     followups: Sequence[Sequence[tuple[str, str]]] | None = None,
+    histories: Sequence[Sequence[tuple[str, str]]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batch examples; with ``answers``, add ``labels`` that supervise only the answer + EOS.
 
     ``followups`` (with answers) adds further turns about the same image per example, all
-    supervised on their answers. ``padding_side='left'`` is what generation wants.
+    supervised on their answers. ``histories`` puts earlier (question, answer) turns before
+    each question (unsupervised context). ``padding_side='left'`` is what generation wants.
     """
     pad_id = processor.tokenizer.pad_token_id
     rows: list[list[int]] = []
     label_rows: list[list[int]] = []
     extras: dict[str, list[torch.Tensor]] = {}
     for i, (img, q) in enumerate(zip(images, questions)):
-        enc = encode_prompt(processor, img, q)
+        enc = encode_prompt(processor, img, q, histories[i] if histories is not None else ())
         ids = enc.pop("input_ids")[0].tolist()
         enc.pop("attention_mask", None)
         for k in [k for k in enc if k in _TEXT_KEYS]:

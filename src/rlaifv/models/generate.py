@@ -43,14 +43,25 @@ def generate_answers(
 
 @torch.no_grad()
 def score_yes_no(
-    model, processor, images: Sequence[Image.Image], questions: Sequence[str], ids: YesNoIds | None = None, batch_size: int = 64
+    model,
+    processor,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    ids: YesNoIds | None = None,
+    batch_size: int = 64,
+    histories: Sequence[Sequence[tuple[str, str]]] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """(p_yes, p_no) per question from one forward pass each (no ``generate``), batched."""
+    """(p_yes, p_no) per question from one forward pass each (no ``generate``), batched.
+
+    ``histories`` (per question) puts earlier turns in context, e.g. the labeler's own
+    description for the describe-then-answer stand-in.
+    """
     ids = ids or yes_no_ids(processor.tokenizer)
     p_yes: list[float] = []
     p_no: list[float] = []
     for i in range(0, len(images), batch_size):
-        batch = collate(processor, images[i : i + batch_size], questions[i : i + batch_size], padding_side="left")
+        hist = histories[i : i + batch_size] if histories is not None else None
+        batch = collate(processor, images[i : i + batch_size], questions[i : i + batch_size], padding_side="left", histories=hist)
         logits = model(**batch).logits[:, -1, :]
         y, n = p_yes_no(logits, ids)
         p_yes += y.tolist()

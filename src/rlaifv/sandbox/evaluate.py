@@ -38,6 +38,10 @@ class SandboxEvalConfig:
     describe: bool = True
     pope: bool = True
     claims: bool = True
+    #: how claim questions are asked: "direct" (the method's labeler) and/or
+    #: "describe_then_answer" (the sandbox-only stand-in: the model's own greedy description
+    #: is put in context before the question)
+    claim_modes: tuple[str, ...] = ("direct",)
     batch_size: int = 50
 
 
@@ -94,10 +98,24 @@ def evaluate_pope(model, processor, scenes, images, cfg: SandboxEvalConfig, worl
     return out
 
 
-def evaluate_claims(model, processor, scenes, images, cfg: SandboxEvalConfig, world: WorldConfig) -> dict[str, Any]:
+def self_descriptions(model, processor, scenes, images, cfg: SandboxEvalConfig) -> dict[str, str]:
+    """The model's own greedy description per scene (context of the describe-then-answer mode)."""
+    texts = generate_answers(model, processor, images, [DESCRIBE_PROMPT] * len(images), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    return {s.scene_id: t for s, t in zip(scenes, texts)}
+
+
+def evaluate_claims(model, processor, scenes, images, cfg: SandboxEvalConfig, world: WorldConfig, mode: str = "direct") -> dict[str, Any]:
+    """Labeler accuracy on claim questions; ``mode`` as in ``SandboxEvalConfig.claim_modes``."""
+    if mode not in ("direct", "describe_then_answer"):
+        raise ValueError(f"unknown claim mode {mode!r}")
     by_id = {s.scene_id: im for s, im in zip(scenes, images)}
     items = claim_probe_set(scenes, world, cfg.seed)
-    p_yes, p_no = score_yes_no(model, processor, [by_id[s.scene_id] for s, *_ in items], [claim_question(o) for _, o, _, _ in items], batch_size=cfg.batch_size)
+    hist = None
+    if mode == "describe_then_answer":
+        desc = self_descriptions(model, processor, scenes, images, cfg)
+        hist = [[(DESCRIBE_PROMPT, desc[s.scene_id])] for s, *_ in items]
+    questions = [claim_question(o) for _, o, _, _ in items]
+    p_yes, p_no = score_yes_no(model, processor, [by_id[s.scene_id] for s, *_ in items], questions, batch_size=cfg.batch_size, histories=hist)
     preds = [y > n for y, n in zip(p_yes, p_no)]  # accepted iff p_yes > p_no (ties reject)
     result = pope_metrics(preds, [t for _, _, t, _ in items])
     result["accuracy_by_kind"] = {
@@ -120,7 +138,7 @@ def evaluate_sandbox(model, processor, cfg: SandboxEvalConfig | None = None, wor
     if cfg.pope:
         out["pope"] = evaluate_pope(model, processor, scenes, images, cfg, world)
     if cfg.claims:
-        out["claims"] = evaluate_claims(model, processor, scenes, images, cfg, world)
+        out["claims"] = {m: evaluate_claims(model, processor, scenes, images, cfg, world, m) for m in cfg.claim_modes}
     return out
 
 
@@ -136,6 +154,7 @@ def summary_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
         )
     if "pope" in result:
         row.update({f"POPE {k} F1": v["f1"] for k, v in result["pope"].items()})
-    if "claims" in result:
-        row.update({"claim F1": result["claims"]["f1"], "claim acc": result["claims"]["accuracy"]})
+    for mode, res in result.get("claims", {}).items():
+        tag = "" if mode == "direct" else " (describe-then-answer)"
+        row.update({f"claim F1{tag}": res["f1"], f"claim acc{tag}": res["accuracy"]})
     return row

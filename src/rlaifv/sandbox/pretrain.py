@@ -60,10 +60,11 @@ class PretrainConfig:
     per_example_loss: bool = True
     #: claim-question answers continue after "Yes."/"No." with what the asked cell holds
     explain_claims: bool = True
-    #: further yes/no and grounding turns about the same image per example (multi-turn): the
-    #: image is encoded once and the yes/no signal per step grows with the number of turns
+    #: claim-question turns after a (clean) description turn: trains the describe-then-answer
+    #: mode, where the model answers with its own description in context (0: off)
     extra_turns: int = 0
-    extra_mix: dict[str, float] = field(default_factory=lambda: {"claim": 0.6, "probe": 0.2, "what_at": 0.2})
+    extra_mix: dict[str, float] = field(default_factory=lambda: {"claim": 0.8, "probe": 0.2})
+    context_share: float = 0.5  # share of description examples that get the extra turns
     log_every: int = 100
 
     def to_dict(self) -> dict:
@@ -124,7 +125,11 @@ def _batch(world: World, processor, rng: random.Random, cfg: PretrainConfig, tas
     more = None
     if cfg.extra_turns:
         xt, xw = list(cfg.extra_mix), list(cfg.extra_mix.values())
-        more = [[_qa(sample_example(s, rng.choices(xt, xw)[0], rng, world.config, 0.0, cfg.explain_claims)) for _ in range(cfg.extra_turns)] for s in scenes]
+        more = [
+            [_qa(sample_example(s, rng.choices(xt, xw)[0], rng, world.config, 0.0, cfg.explain_claims)) for _ in range(cfg.extra_turns)]
+            if e.task == "describe" and rng.random() < cfg.context_share else []
+            for s, e in zip(scenes, exs)
+        ]
     return scenes, collate(processor, imgs, [e.question for e in exs], [e.answer for e in exs], followups=more)
 
 
