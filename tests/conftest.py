@@ -47,3 +47,62 @@ def rlaifv_bin():
         return [str(exe)]
     found = shutil.which("rlaifv")
     return [found] if found else [sys.executable, "-m", "rlaifv.cli"]
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_llm(tmp_path_factory):
+    """A random 1-layer Llama with a ChatML tokenizer, saved like a real chat LLM (writes junk)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlaifv.models.tiny import train_tokenizer
+
+    corpus = ["There is a dog. The dog is brown. Is there a cat? Please answer yes or no.",
+              "List every atomic fact stated in the answer, one per line.", "- There is a red circle."] * 4
+    tok = train_tokenizer(corpus, "llava", vocab_size=400)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_chat_llm") / "llm"
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def chat_server():
+    """A loopback OpenAI-compatible ``/v1/chat/completions`` stub, stopped after the test.
+
+    Yields ``(base_url, state)``: ``state["requests"]`` logs (headers, body) per call and
+    ``state["reply"]`` is a function body -> (status, JSON object) that tests may replace.
+    """
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state: dict = {"requests": [], "reply": lambda body: (200, {"choices": [{"message": {"role": "assistant", "content": "- A fact."}}]})}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server API)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state["requests"].append((dict(self.headers), self.path, body))
+            status, reply = state["reply"](body)
+            data = json.dumps(reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

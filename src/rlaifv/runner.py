@@ -1,0 +1,144 @@
+"""Run a stage function over input items with resume, batching, progress and rejects.
+
+A stage is ``process(batch_of_inputs) -> output records``. The runner:
+
+* skips inputs already finished (their keys are in ``progress.jsonl``, appended and fsync'd
+  only after the batch's outputs are durably written), so a killed run resumes where it
+  stopped; outputs of a batch cut short by a kill are not written twice (same id = same
+  record, since every stage is deterministic given its seeds);
+* writes a manifest (config, seeds, versions, input fingerprints) and refuses to resume a
+  folder made with another config;
+* with ``on_error='skip'``, sets a failing input aside in ``rejects.jsonl`` with its reason
+  (the batch is retried one input at a time to find it) instead of stopping;
+* splits inputs across processes (``rank``/``world_size``) by a stable hash of their key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Generic, Sequence, TypeVar
+
+from .progress import progress_bar
+from .records import Record, RecordError
+from .store import OnError, RecordStore, RejectsFile, handle_bad, shard_of, write_manifest
+
+I = TypeVar("I")
+PROGRESS_NAME = "progress.jsonl"
+
+
+@dataclass
+class StageResult(Generic[I]):
+    """What a run did: counts, and the folder holding the records."""
+
+    out_dir: Path
+    n_inputs: int = 0
+    n_skipped_done: int = 0
+    n_processed: int = 0
+    n_rejected: int = 0
+    n_written: int = 0
+    rejected: list[str] = field(default_factory=list)
+
+
+class _Progress:
+    """Append-only, fsync'd list of finished input keys."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: set[str] = set()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    try:
+                        self.done.add(json.loads(line))
+                    except json.JSONDecodeError:
+                        continue  # a torn last line from a kill: that batch is simply redone
+        self._f = open(path, "a")
+
+    def mark(self, keys: Sequence[str]) -> None:
+        self._f.write("".join(json.dumps(k) + "\n" for k in keys))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.done.update(keys)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's share of the work under ``accelerate launch`` / torchrun (default 0 of 1)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_stage(
+    stage: str,
+    out_dir: str | Path,
+    record_type: type[Record],
+    inputs: Sequence[I],
+    key: Callable[[I], str],
+    process: Callable[[list[I]], list[Record]],
+    *,
+    config: dict,
+    seeds: dict | None = None,
+    input_paths: Sequence[str | Path] = (),
+    batch_size: int = 8,
+    on_error: OnError = "raise",
+    rank: int = 0,
+    world_size: int = 1,
+    show_progress: bool = True,
+) -> StageResult[I]:
+    """Process every input not yet done, ``batch_size`` at a time, into ``out_dir``."""
+    out = Path(out_dir) / f"rank-{rank}" if world_size > 1 else Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, stage, config, seeds or {}, list(input_paths))
+    mine = [x for x in inputs if world_size == 1 or shard_of(key(x), world_size) == rank]
+    res: StageResult[I] = StageResult(out, n_inputs=len(mine))
+    with RecordStore(out, record_type) as store, RejectsFile(out, stage) as rejects:
+        prog = _Progress(out / PROGRESS_NAME)
+        try:
+            todo = [x for x in mine if key(x) not in prog.done and key(x) not in rejects.rejected_ids()]
+            res.n_skipped_done = len(mine) - len(todo)
+            written = store.done_ids()
+            with progress_bar(stage, show_progress) as bar:
+                for start in range(0, len(todo), batch_size):
+                    batch = todo[start : start + batch_size]
+                    records, ok = _process_batch(batch, key, process, on_error, rejects, stage, res)
+                    fresh = [r for r in records if r.id not in written]
+                    store.write(fresh)
+                    written.update(r.id for r in fresh)
+                    prog.mark([key(x) for x in ok])
+                    res.n_processed += len(ok)
+                    res.n_written += len(fresh)
+                    bar(min(start + batch_size, len(todo)), len(todo), f"{res.n_written} records")
+        finally:
+            prog.close()
+    return res
+
+
+def _process_batch(batch, key, process, on_error: OnError, rejects: RejectsFile, stage: str, res: StageResult):
+    """Run a batch; on error with 'skip', retry one by one and reject the failing inputs."""
+    try:
+        return process(batch), batch
+    except (RecordError, ValueError, OSError, FloatingPointError) as e:
+        if on_error == "raise":
+            if len(batch) == 1:
+                raise type(e)(f"{stage}: input {key(batch[0])!r}: {e}") from e
+            return _one_by_one(batch, key, process, "raise", rejects, stage, res)
+        if len(batch) == 1:
+            handle_bad(f"{stage} input {key(batch[0])!r}", str(e), on_error, rejects, record_id=key(batch[0]), stage=stage)
+            res.n_rejected += 1
+            res.rejected.append(key(batch[0]))
+            return [], []
+        return _one_by_one(batch, key, process, on_error, rejects, stage, res)
+
+
+def _one_by_one(batch, key, process, on_error: OnError, rejects, stage, res):
+    records: list[Record] = []
+    ok = []
+    for x in batch:
+        r, good = _process_batch([x], key, process, on_error, rejects, stage, res)
+        records += r
+        ok += good
+    return records, ok

@@ -1,0 +1,108 @@
+"""Conquer (RLAIF-V Sec. 3.2): the labeler VLM answers each claim's yes/no question.
+
+p_yes = P(yes) + P(Yes) and p_no = P(no) + P(No) of the first answer token, from one forward
+pass (no ``generate``); a claim is rejected iff p_no >= p_yes. All questions about one image
+share one encoding of the image and the common prompt prefix: the prefix is computed once and
+its KV cache serves a batch of question suffixes (``models/prefix.py``).
+
+Deviation switches, off by default:
+* ``repetition_penalty``: the reference code read probabilities after a repetition penalty
+  (1.1 OmniLMM, 1.2 MiniCPM-V) over the prompt tokens; since the prompt contains "yes" and
+  "no", this shifts exactly the tokens compared. Set it to reproduce the reference.
+* ``mode='describe_then_answer'``: a **sandbox-only stand-in** where the labeler first writes
+  its own description of the image, which is kept in context before each question. It is not
+  the method's labeler and is named as such in every output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from ..models.generate import generate_answers, score_yes_no
+from ..models.yesno import YesNoIds, p_yes_no, yes_no_ids
+from ..records import ClaimScore, PolarQuestion
+from ..sandbox.tasks import DESCRIBE_PROMPT
+
+MODES = ("direct", "describe_then_answer")
+
+
+@dataclass
+class ConquerConfig:
+    """Settings of ``rlaifv conquer``."""
+
+    model: str = "sandbox:labeler"  # labeler folder, sandbox:labeler, or the policy (self-feedback)
+    mode: str = "direct"  # direct | describe_then_answer (sandbox-only stand-in)
+    share_prefix: bool = True  # encode image + common prefix once per image (False: naive, for checks)
+    batch_size: int = 32  # question suffixes per forward
+    repetition_penalty: float | None = None  # reference-compatible deviation switch (e.g. 1.1)
+    describe_prompt: str = DESCRIBE_PROMPT
+    describe_max_new_tokens: int = 256
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"conquer mode {self.mode!r}: expected one of {MODES}")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+
+def _penalised(logits: torch.Tensor, input_ids: Sequence[Sequence[int]], penalty: float) -> torch.Tensor:
+    """HF's repetition penalty over each row's input tokens (the reference code's processed scores)."""
+    out = logits.clone()
+    for r, ids in enumerate(input_ids):
+        idx = torch.tensor(sorted(set(ids)), dtype=torch.long)
+        s = out[r, idx]
+        out[r, idx] = torch.where(s < 0, s * penalty, s / penalty)
+    return out
+
+
+def _score_image(model, processor, image: Image.Image, questions: list[str], history, cfg: ConquerConfig, ids: YesNoIds) -> list[tuple[float, float]]:
+    if cfg.repetition_penalty is None and cfg.share_prefix:
+        from ..models.prefix import score_yes_no_shared
+
+        return score_yes_no_shared(model, processor, [image], [questions], batch_size=cfg.batch_size, histories=[history])[0]
+    if cfg.repetition_penalty is None:
+        hist = [history] * len(questions) if history else None
+        y, n = score_yes_no(model, processor, [image] * len(questions), questions, ids, cfg.batch_size, histories=hist)
+        return list(zip(y, n))
+    return _score_with_penalty(model, processor, image, questions, history, cfg, ids)
+
+
+@torch.no_grad()
+def _score_with_penalty(model, processor, image, questions, history, cfg: ConquerConfig, ids: YesNoIds) -> list[tuple[float, float]]:
+    from ..models.chat import collate
+
+    out: list[tuple[float, float]] = []
+    for i in range(0, len(questions), cfg.batch_size):
+        qs = questions[i : i + cfg.batch_size]
+        batch = collate(processor, [image] * len(qs), qs, padding_side="left", histories=[history] * len(qs) if history else None)
+        logits = model(**batch).logits[:, -1, :]
+        rows = [row[m.bool()].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"])]
+        y, n = p_yes_no(_penalised(logits.float(), rows, cfg.repetition_penalty), ids)
+        out += list(zip(y.tolist(), n.tolist()))
+    return out
+
+
+def conquer(model, processor, groups: Sequence[tuple[Image.Image, list[PolarQuestion]]], cfg: ConquerConfig) -> list[ClaimScore]:
+    """Score every question; ``groups`` holds the questions about each image together."""
+    ids = yes_no_ids(processor.tokenizer)
+    history_of: list[list[tuple[str, str]]] = [[] for _ in groups]
+    if cfg.mode == "describe_then_answer":
+        texts = generate_answers(model, processor, [g[0] for g in groups], [cfg.describe_prompt] * len(groups), max_new_tokens=cfg.describe_max_new_tokens)
+        history_of = [[(cfg.describe_prompt, t)] for t in texts]
+    out: list[ClaimScore] = []
+    for (image, questions), history in zip(groups, history_of):
+        if not questions:
+            continue
+        scores = _score_image(model, processor, image, [q.question for q in questions], history, cfg, ids)
+        out += [ClaimScore(claim_id=q.claim_id, question=q.question, p_yes=float(y), p_no=float(n)) for q, (y, n) in zip(questions, scores)]
+    return out
+
+
+def config_dict(cfg: ConquerConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,131 @@
+"""Deconfounded sampling (RLAIF-V Sec. 3.1): n candidates per prompt, identical decoding.
+
+All candidates of a prompt share the input and the decoding settings and differ only in their
+random draws, so differences between them reflect trustworthiness, not style. Each candidate
+has its own recorded seed (a per-row ``torch.Generator``), so any single candidate can be
+regenerated alone. The prompt and image are encoded **once** per prompt: the prompt is prefilled
+once, its KV cache is repeated for the n candidates, and decoding continues from it (HF's
+``num_return_sequences`` would prefill n copies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from ..models.chat import collate
+from ..records import Candidate, Prompt
+
+
+@dataclass
+class SampleConfig:
+    """Settings of ``rlaifv sample`` (defaults follow the reference code)."""
+
+    model: str = "sandbox:policy"  # model folder or sandbox:policy
+    n: int = 10  # candidates per prompt
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 0  # base seed; candidate seeds derive from (seed, prompt_id, index)
+    prompts_per_batch: int = 4  # prompts decoded together (x n rows)
+    share_prefill: bool = True  # encode each prompt once (False: duplicate it n times; for benchmarks)
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+def candidate_seed(base: int, prompt_id: str, index: int) -> int:
+    """A stable 63-bit seed per candidate, independent of batching and prompt order."""
+    h = hashlib.sha256(f"{base}:{prompt_id}:{index}".encode()).digest()
+    return int.from_bytes(h[:8], "big") & ((1 << 63) - 1)
+
+
+class SeededSampler(LogitsProcessor):
+    """Temperature + top-p sampling with one generator per batch row.
+
+    Returns scores that are -inf except at the sampled token, so ``generate`` run greedily
+    picks exactly the token this row's own generator drew.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0 for sampling")
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not torch.isfinite(scores).any(dim=-1).all():
+            raise FloatingPointError("sampling: a row has no finite logit")
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            probs = _top_p(probs, self.top_p)
+        picks = [torch.multinomial(probs[r].cpu(), 1, generator=g) for r, g in enumerate(self.generators)]
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, torch.stack(picks).to(scores.device), 0.0)
+        return out
+
+
+def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_p, idx = probs.sort(dim=-1, descending=True)
+    keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the top token
+    filtered = torch.zeros_like(probs).scatter(1, idx, sorted_p * keep)
+    return filtered / filtered.sum(-1, keepdim=True)
+
+
+def _repeat_model_state(model, n: int) -> None:
+    """Per-batch state some models keep between forward calls (Qwen2-VL's rope deltas)."""
+    inner = getattr(model, "model", None)
+    deltas = getattr(inner, "rope_deltas", None)
+    if isinstance(deltas, torch.Tensor):
+        inner.rope_deltas = deltas.repeat_interleave(n, dim=0)
+
+
+@torch.no_grad()
+def generate_candidates(
+    model, processor, images: Sequence[Image.Image], questions: Sequence[str], seeds: Sequence[Sequence[int]], cfg: SampleConfig
+) -> list[list[str]]:
+    """For each prompt i, one answer per seed in ``seeds[i]`` (all rows share cfg's decoding)."""
+    counts = [len(s) for s in seeds]
+    if len(set(counts)) != 1:
+        raise ValueError("every prompt of a batch must ask for the same number of candidates")
+    n = counts[0]
+    batch = collate(processor, images, questions, padding_side="left")
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    flat_seeds = [s for row in seeds for s in row]
+    sampler = LogitsProcessorList([SeededSampler(flat_seeds, cfg.temperature, cfg.top_p)])
+    tok = processor.tokenizer
+    kw = dict(do_sample=False, max_new_tokens=cfg.max_new_tokens, logits_processor=sampler, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    if cfg.share_prefill:
+        pre = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+        out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **pre)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)
+        _repeat_model_state(model, n)
+        gen = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0), past_key_values=cache, **kw)
+    else:
+        rep = {k: v.repeat_interleave(n, 0) for k, v in batch.items()}
+        gen = model.generate(**rep, **kw)
+    texts = tok.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
+    return [[t.strip() for t in texts[i * n : (i + 1) * n]] for i in range(len(images))]
+
+
+def sample(model, processor, prompts: Sequence[Prompt], images: Sequence[Image.Image], cfg: SampleConfig, model_name: str = "") -> list[Candidate]:
+    """n candidates for each prompt (a pure function of model, prompts, images and cfg)."""
+    seeds = [[candidate_seed(cfg.seed, p.prompt_id, k) for k in range(cfg.n)] for p in prompts]
+    texts = generate_candidates(model, processor, images, [p.question for p in prompts], seeds, cfg)
+    decoding = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "do_sample": True}
+    return [
+        Candidate(prompt_id=p.prompt_id, sample_index=k, seed=seeds[i][k], text=texts[i][k], decoding=decoding, model=model_name)
+        for i, p in enumerate(prompts)
+        for k in range(cfg.n)
+    ]
+
+
+def config_dict(cfg: SampleConfig) -> dict:
+    return asdict(cfg)
