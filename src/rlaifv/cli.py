@@ -113,6 +113,64 @@ def eval_coco(
         write_json(out, res)
 
 
+@app.command("feedback")
+def feedback_cmd(
+    config: Optional[Path] = typer.Option(None, help="YAML with FeedbackConfig (sections: sample, divide, ask, conquer, pairs)."),
+    prompts: Optional[str] = typer.Option(None, help="Prompts file (JSONL/parquet of {prompt_id, question, image})."),
+    sandbox_prompts: Optional[int] = typer.Option(None, help="Instead of --prompts: N held-out sandbox describe prompts."),
+    out: Optional[str] = typer.Option(None, help="Run folder (one subfolder per stage)."),
+    policy: Optional[str] = typer.Option(None, help="Policy model that samples the candidates."),
+    labeler: Optional[str] = typer.Option(None, help="Labeler model (the policy itself for self-feedback)."),
+    n: Optional[int] = typer.Option(None, help="Candidates per prompt (default 10)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Sampling budget per candidate (default 512)."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
+    conquer_mode: Optional[str] = typer.Option(None, help="direct | describe_then_answer (sandbox-only stand-in)."),
+    on_error: Optional[str] = typer.Option(None, help="raise | skip (bad inputs go to each stage's rejects.jsonl)."),
+) -> None:
+    """Sample -> divide -> ask -> conquer -> pairs, resumable; rerun the same command after a kill."""
+    from .config import load_config
+    from .stages.feedback import FeedbackConfig, feedback
+
+    over = {"prompts": prompts, "sandbox_prompts": sandbox_prompts, "out": out, "on_error": on_error,
+            "sample": _drop_none({"model": policy, "n": n, "max_new_tokens": max_new_tokens, "seed": seed}),
+            "conquer": _drop_none({"model": labeler, "mode": conquer_mode})}
+    cfg = load_config(FeedbackConfig, config, over)
+    summary = feedback(cfg)
+    from .eval.report import print_table
+
+    st = summary["pairs"]
+    row = {**summary["counts"], "pairs": st.get("pairs_after_balance"), **{f"{k} s": v for k, v in summary["stages"].items()}}
+    print_table(f"feedback -> {cfg.out}", [row], None, console=console)
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Option(..., help="A feedback run folder (holds prompts/ and pairs/) or give --pairs/--prompts."),
+    fmt: str = typer.Option("trl", "--format", help="trl (TRL vision preference parquet) | rlaifv (openbmb/RLAIF-V-Dataset schema)."),
+    out: Path = typer.Option(..., help="Output folder for the parquet file."),
+    prompts: Optional[Path] = typer.Option(None, help="Prompts file (default: RUN/prompts/prompts.jsonl)."),
+) -> None:
+    """Export preference pairs for TRL's DPOTrainer or in the RLAIF-V-Dataset schema."""
+    from .formats import to_rlaifv_dataset, to_trl
+    from .records import PreferencePair, Prompt
+    from .store import read_records
+
+    ppath = prompts or run / "prompts" / "prompts.jsonl"
+    prompt_map = {p.prompt_id: p for p in read_records(ppath, Prompt)}
+    pairs = list(read_records(run / "pairs", PreferencePair))
+    if fmt == "trl":
+        ds = to_trl(pairs, prompt_map, ppath.parent, out)
+    elif fmt == "rlaifv":
+        ds = to_rlaifv_dataset(pairs, prompt_map, ppath.parent, out)
+    else:
+        raise UserError(f"unknown format {fmt!r}; expected trl or rlaifv")
+    console.print(f"wrote {len(ds)} pairs to {out}")
+
+
 @app.command("demo")
 def demo(
     n_scenes: int = typer.Option(200, help="Held-out sandbox scenes to evaluate on."),
@@ -127,10 +185,12 @@ def main() -> None:
     from .config import ConfigError
     from .models.load import ModelLoadError
     from .records import RecordError
+    from .runner import StageInputError
+    from .store import StoreError
 
     try:
         app()
-    except (UserError, ConfigError, ModelLoadError, RecordError, FileNotFoundError) as e:
+    except (UserError, ConfigError, ModelLoadError, RecordError, StageInputError, StoreError, FileNotFoundError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise SystemExit(2) from e
 

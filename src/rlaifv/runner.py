@@ -42,6 +42,10 @@ class StageResult(Generic[I]):
     rejected: list[str] = field(default_factory=list)
 
 
+class StageInputError(ValueError):
+    """A bad input stopped a stage (``on_error='raise'``); the message names the input."""
+
+
 class _Progress:
     """Append-only, fsync'd list of finished input keys."""
 
@@ -124,7 +128,7 @@ def _process_batch(batch, key, process, on_error: OnError, rejects: RejectsFile,
     except (RecordError, ValueError, OSError, FloatingPointError) as e:
         if on_error == "raise":
             if len(batch) == 1:
-                raise type(e)(f"{stage}: input {key(batch[0])!r}: {e}") from e
+                raise StageInputError(f"{stage}: input {key(batch[0])!r}: {e} (use --on-error skip to set such inputs aside)") from e
             return _one_by_one(batch, key, process, "raise", rejects, stage, res)
         if len(batch) == 1:
             handle_bad(f"{stage} input {key(batch[0])!r}", str(e), on_error, rejects, record_id=key(batch[0]), stage=stage)

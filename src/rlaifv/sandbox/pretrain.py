@@ -55,6 +55,7 @@ class PretrainConfig:
     #: task -> weight in the instruction mix
     mix: dict[str, float] = field(default_factory=lambda: {"describe": 0.5, "probe": 0.15, "claim": 0.25, "count": 0.04, "colour": 0.03, "where": 0.03})
     p_extra: float = 0.0  # probability that a training description mentions an absent companion
+    max_extra: int = 1  # at most this many absent objects per training description (each with p_extra)
     #: average the loss per example, then over the batch, so a one-word "Yes." weighs as much
     #: as a 40-token description (token averaging drowns the yes/no signal)
     per_example_loss: bool = True
@@ -120,7 +121,7 @@ def image_features(model, batch: dict) -> torch.Tensor:
 
 def _batch(world: World, processor, rng: random.Random, cfg: PretrainConfig, tasks: list[str], weights: list[float]):
     scenes = [world.scene(rng.randrange(10**9), "train") for _ in range(cfg.batch_size)]
-    exs = [sample_example(s, rng.choices(tasks, weights)[0], rng, world.config, cfg.p_extra, cfg.explain_claims) for s in scenes]
+    exs = [sample_example(s, rng.choices(tasks, weights)[0], rng, world.config, cfg.p_extra, cfg.explain_claims, cfg.max_extra) for s in scenes]
     imgs = [render(s, world.config.image_size) for s in scenes]
     more = None
     if cfg.extra_turns:

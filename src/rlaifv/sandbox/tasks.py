@@ -86,17 +86,19 @@ def hallucinated_object(scene: Scene, rng: random.Random, world: WorldConfig) ->
     return SceneObject(shape=shape, colour=rng.choice(COLOURS), size=rng.choice(SIZES), cell=rng.choice(empty))
 
 
-def noisy_description(scene: Scene, rng: random.Random, world: WorldConfig, p_extra: float) -> str:
-    """A description with, with probability ``p_extra``, one hallucinated co-occurring object.
+def noisy_description(scene: Scene, rng: random.Random, world: WorldConfig, p_extra: float, max_extra: int = 1) -> str:
+    """A description that mentions up to ``max_extra`` absent objects, each with probability
+    ``p_extra``, preferring the companions of present shapes (co-occurrence hallucination).
 
     Models the captions of real SFT data that mention objects not in the image; a policy
     trained on them hallucinates at a stable rate instead of only while under-trained.
     """
     objects = list(scene.objects)
-    if rng.random() < p_extra:
-        extra = hallucinated_object(scene, rng, world)
-        if extra is not None:
-            objects.append(extra)
+    for _ in range(max_extra):
+        if rng.random() < p_extra:
+            extra = hallucinated_object(Scene(scene.scene_id, objects, scene.seed), rng, world)
+            if extra is not None:
+                objects.append(extra)
     return describe(objects)
 
 
@@ -145,11 +147,11 @@ def claim_is_true(scene: Scene, obj: SceneObject) -> bool:
 
 
 def sample_example(
-    scene: Scene, task: str, rng: random.Random, world: WorldConfig, p_extra: float = 0.0, explain: bool = False
+    scene: Scene, task: str, rng: random.Random, world: WorldConfig, p_extra: float = 0.0, explain: bool = False, max_extra: int = 1
 ) -> Example:
     """Draw one training/eval example of the given task for a scene."""
     if task == "describe":
-        return Example(scene, task, DESCRIBE_PROMPT, noisy_description(scene, rng, world, p_extra))
+        return Example(scene, task, DESCRIBE_PROMPT, noisy_description(scene, rng, world, p_extra, max_extra))
     if task == "count":
         return Example(scene, task, "How many objects are there?", count_answer(len(scene.objects)))
     if task == "colour":

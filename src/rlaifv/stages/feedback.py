@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -59,34 +60,36 @@ def _base_dir(path: Path) -> Path:
     return path.parent if path.is_file() else path
 
 
-def run_sample(cfg: FeedbackConfig, prompts: list[Prompt], prompts_path: Path, rank: int = 0, world: int = 1):
-    model, proc = load_vlm(cfg.sample.model, cfg.sample.device, cfg.sample.dtype)
+def run_sample(cfg: SampleConfig, prompts: list[Prompt], prompts_path: Path, out: Path, on_error: str = "raise", rank: int = 0, world: int = 1):
+    """Stage 1 over ``prompts`` into ``out`` (resumable)."""
+    model, proc = load_vlm(cfg.model, cfg.device, cfg.dtype)
     base = _base_dir(prompts_path)
 
     def process(batch: list[Prompt]) -> list[Candidate]:
-        return sample(model, proc, batch, [load_image(p, base) for p in batch], cfg.sample, model_name=cfg.sample.model)
+        return sample(model, proc, batch, [load_image(p, base) for p in batch], cfg, model_name=cfg.model)
 
-    return run_stage("sample", Path(cfg.out) / "candidates", Candidate, prompts, lambda p: p.prompt_id, process,
-                     config=asdict(cfg.sample), seeds={"seed": cfg.sample.seed}, input_paths=[prompts_path],
-                     batch_size=cfg.sample.prompts_per_batch, on_error=cfg.on_error, rank=rank, world_size=world)
+    return run_stage("sample", out, Candidate, prompts, lambda p: p.prompt_id, process, config=asdict(cfg),
+                     seeds={"seed": cfg.seed}, input_paths=[prompts_path], batch_size=cfg.prompts_per_batch,
+                     on_error=on_error, rank=rank, world_size=world)
 
 
-def run_divide(cfg: FeedbackConfig, prompts: list[Prompt], candidates: list[Candidate]):
+def run_divide(cfg: DivideConfig, prompts: list[Prompt], candidates: list[Candidate], out: Path, on_error: str = "raise"):
+    """Stage 2: candidates -> claims. An empty answer is a bad input (error or reject)."""
     question_of = {p.prompt_id: p.question for p in prompts}
 
     def process(batch: list[Candidate]) -> list[Claim]:
         for c in batch:
             if not c.text.strip():
                 raise ValueError(f"candidate {c.id!r}: empty answer")
-        return [cl for r in divide(batch, question_of, cfg.divide) for cl in r.claims]
+        return [cl for r in divide(batch, question_of, cfg) for cl in r.claims]
 
-    return run_stage("divide", Path(cfg.out) / "claims", Claim, candidates, lambda c: c.id, process,
-                     config=asdict(cfg.divide), batch_size=16, on_error=cfg.on_error)
+    return run_stage("divide", out, Claim, candidates, lambda c: c.id, process, config=asdict(cfg), batch_size=16, on_error=on_error)
 
 
-def run_ask(cfg: FeedbackConfig, claims: list[Claim]):
-    return run_stage("ask", Path(cfg.out) / "questions", PolarQuestion, claims, lambda c: c.id,
-                     lambda batch: ask(batch, cfg.ask), config=asdict(cfg.ask), batch_size=64, on_error=cfg.on_error)
+def run_ask(cfg: AskConfig, claims: list[Claim], out: Path, on_error: str = "raise"):
+    """Stage 3: claims -> polar questions."""
+    return run_stage("ask", out, PolarQuestion, claims, lambda c: c.id, lambda batch: ask(batch, cfg),
+                     config=asdict(cfg), batch_size=64, on_error=on_error)
 
 
 def prompt_of_claim(claim_id: str) -> str:
@@ -94,8 +97,9 @@ def prompt_of_claim(claim_id: str) -> str:
     return claim_id.rsplit("/", 1)[0].rsplit("#", 1)[0]
 
 
-def run_conquer(cfg: FeedbackConfig, prompts: list[Prompt], prompts_path: Path, questions: list[PolarQuestion]):
-    model, proc = load_vlm(cfg.conquer.model, cfg.conquer.device, cfg.conquer.dtype)
+def run_conquer(cfg: ConquerConfig, prompts: list[Prompt], prompts_path: Path, questions: list[PolarQuestion], out: Path, on_error: str = "raise"):
+    """Stage 4: every question about one image is scored together (shared prefix)."""
+    model, proc = load_vlm(cfg.model, cfg.device, cfg.dtype)
     base = _base_dir(prompts_path)
     by_prompt: dict[str, list[PolarQuestion]] = defaultdict(list)
     for q in questions:
@@ -103,26 +107,28 @@ def run_conquer(cfg: FeedbackConfig, prompts: list[Prompt], prompts_path: Path, 
     items = [p for p in prompts if p.prompt_id in by_prompt]
 
     def process(batch: list[Prompt]) -> list[ClaimScore]:
-        return conquer(model, proc, [(load_image(p, base), by_prompt[p.prompt_id]) for p in batch], cfg.conquer)
+        return conquer(model, proc, [(load_image(p, base), by_prompt[p.prompt_id]) for p in batch], cfg)
 
-    return run_stage("conquer", Path(cfg.out) / "scores", ClaimScore, items, lambda p: p.prompt_id, process,
-                     config=asdict(cfg.conquer), batch_size=4, on_error=cfg.on_error)
+    return run_stage("conquer", out, ClaimScore, items, lambda p: p.prompt_id, process, config=asdict(cfg), batch_size=4, on_error=on_error)
 
 
-def run_pairs(cfg: FeedbackConfig, prompts, candidates, claims, scores) -> dict:
-    """Combine: scores, pairs, length balancing; rewritten whole on every run (it is fast)."""
+def run_pairs(cfg: PairsConfig, prompts, candidates, claims, scores, out: Path) -> dict:
+    """Stage 5: scores, pairs, length balancing; rewritten whole on every run (it is fast)."""
     claims_by: dict[str, list[Claim]] = defaultdict(list)
     for c in claims:
         claims_by[c.candidate_id].append(c)
     scored, mismatches = score_candidates(candidates, claims_by, {s.claim_id: s for s in scores})
-    pairs, stats = make_pairs(scored, {p.prompt_id: p for p in prompts}, cfg.pairs, mismatches=mismatches)
-    out = Path(cfg.out) / "pairs"
-    if out.exists():
-        for f in out.iterdir():
-            f.unlink()
-    with RecordStore(out, PreferencePair) as store:
+    pairs, stats = make_pairs(scored, {p.prompt_id: p for p in prompts}, cfg, mismatches=mismatches)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    with RecordStore(tmp, PreferencePair) as store:
         store.write(pairs)
-    stats["mismatches"] = [list(m) for m in mismatches]
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    (tmp / "scored.jsonl").write_text("".join(json.dumps(c.to_dict()) + "\n" for c in scored))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
     return stats
 
 
@@ -132,23 +138,23 @@ def feedback(cfg: FeedbackConfig) -> dict:
     prompts, ppath = _prompts(cfg)
     summary: dict = {"stages": {}}
     t = time.time()
-    run_sample(cfg, prompts, ppath)
+    run_sample(cfg.sample, prompts, ppath, out / "candidates", cfg.on_error)
     summary["stages"]["sample"] = round(time.time() - t, 2)
-    candidates = _read(out / "candidates", Candidate)
+    candidates = read_store(out / "candidates", Candidate)
     t = time.time()
-    run_divide(cfg, prompts, candidates)
+    run_divide(cfg.divide, prompts, candidates, out / "claims", cfg.on_error)
     summary["stages"]["divide"] = round(time.time() - t, 2)
-    claims = _read(out / "claims", Claim)
+    claims = read_store(out / "claims", Claim)
     t = time.time()
-    run_ask(cfg, claims)
+    run_ask(cfg.ask, claims, out / "questions", cfg.on_error)
     summary["stages"]["ask"] = round(time.time() - t, 2)
-    questions = _read(out / "questions", PolarQuestion)
+    questions = read_store(out / "questions", PolarQuestion)
     t = time.time()
-    run_conquer(cfg, prompts, ppath, questions)
+    run_conquer(cfg.conquer, prompts, ppath, questions, out / "scores", cfg.on_error)
     summary["stages"]["conquer"] = round(time.time() - t, 2)
-    scores = _read(out / "scores", ClaimScore)
+    scores = read_store(out / "scores", ClaimScore)
     t = time.time()
-    summary["pairs"] = run_pairs(cfg, prompts, candidates, claims, scores)
+    summary["pairs"] = run_pairs(cfg.pairs, prompts, candidates, claims, scores, out / "pairs")
     summary["stages"]["pairs"] = round(time.time() - t, 2)
     summary["counts"] = {"prompts": len(prompts), "candidates": len(candidates), "claims": len(claims), "questions": len(questions), "scores": len(scores)}
     tmp = out / "feedback.json.tmp"
@@ -157,9 +163,6 @@ def feedback(cfg: FeedbackConfig) -> dict:
     return summary
 
 
-def _read(path: Path, kind):
-    store = RecordStore(path, kind)
-    try:
-        return list(store.read())
-    finally:
-        store.close()
+def read_store(path: Path, kind):
+    """All records of a finished stage folder (in write order)."""
+    return list(read_records(path, kind))
