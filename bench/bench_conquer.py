@@ -28,7 +28,7 @@ from rlaifv.sandbox.tasks import sample_example
 from rlaifv.sandbox.world import World
 
 CFG = TinyVLMConfig(
-    arch="idefics3", image_size=128, patch_size=8, scale_factor=2, vision_hidden=64, vision_layers=2, vision_heads=2,
+    arch="idefics3", image_size=128, patch_size=8, scale_factor=2, vision_hidden=128, vision_layers=4, vision_heads=4,
     text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=4, intermediate=768, vocab_size=1024,
 )
 
@@ -58,7 +58,7 @@ def timed(fn):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=20)
-    ap.add_argument("--questions", type=int, default=10)
+    ap.add_argument("--questions", type=int, default=40)  # ~10 candidates x 4 claims per image
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)

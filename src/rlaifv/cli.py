@@ -56,6 +56,23 @@ def sandbox_pretrain(
         print_table(f"{preset} on {eval_scenes} held-out scenes", [summary_row(preset, res)], None, console=console)
 
 
+@sandbox_app.command("audit")
+def sandbox_audit(
+    run: Path = typer.Option(..., help="A finished `rlaifv feedback` run over sandbox prompts."),
+    out: Optional[Path] = typer.Option(None, help="Write the numbers as JSON here."),
+) -> None:
+    """Check a sandbox feedback run against the ground truth: labeler agreement, pair quality."""
+    from .eval.report import print_table, write_json
+    from .sandbox.audit import audit_run
+
+    res = audit_run(run)
+    lab = res["labeler_rejections_vs_truth"]
+    row = {k: v for k, v in res.items() if not isinstance(v, dict)} | {"reject precision": lab["precision"], "reject recall": lab["recall"]}
+    print_table(f"audit of {run}", [row], None, console=console)
+    if out:
+        write_json(out, res)
+
+
 @app.command("eval")
 def eval_cmd(
     model: list[str] = typer.Option(["sandbox:policy", "sandbox:labeler"], help="Model folder(s) or sandbox:policy / sandbox:labeler."),

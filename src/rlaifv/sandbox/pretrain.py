@@ -61,11 +61,13 @@ class PretrainConfig:
     per_example_loss: bool = True
     #: claim-question answers continue after "Yes."/"No." with what the asked cell holds
     explain_claims: bool = True
-    #: claim-question turns after a (clean) description turn: trains the describe-then-answer
-    #: mode, where the model answers with its own description in context (0: off)
+    #: every ``context_every``-th step is a batch of descriptions each followed by
+    #: ``extra_turns`` claim-question turns: trains the describe-then-answer mode, where the
+    #: model answers with its own description in context (0: off). Separate batches keep
+    #: short examples from being padded to the long ones.
     extra_turns: int = 0
+    context_every: int = 3
     extra_mix: dict[str, float] = field(default_factory=lambda: {"claim": 0.8, "probe": 0.2})
-    context_share: float = 0.5  # share of description examples that get the extra turns
     log_every: int = 100
 
     def to_dict(self) -> dict:
@@ -119,18 +121,17 @@ def image_features(model, batch: dict) -> torch.Tensor:
     return feats.view(batch["input_ids"].shape[0], -1, feats.shape[-1])
 
 
-def _batch(world: World, processor, rng: random.Random, cfg: PretrainConfig, tasks: list[str], weights: list[float]):
+def _batch(world: World, processor, rng: random.Random, cfg: PretrainConfig, tasks: list[str], weights: list[float], context: bool = False):
+    """One training batch; ``context=True`` makes every example describe + claim turns."""
+    if context:
+        tasks, weights = ["describe"], [1.0]
     scenes = [world.scene(rng.randrange(10**9), "train") for _ in range(cfg.batch_size)]
     exs = [sample_example(s, rng.choices(tasks, weights)[0], rng, world.config, cfg.p_extra, cfg.explain_claims, cfg.max_extra) for s in scenes]
     imgs = [render(s, world.config.image_size) for s in scenes]
     more = None
-    if cfg.extra_turns:
+    if context:
         xt, xw = list(cfg.extra_mix), list(cfg.extra_mix.values())
-        more = [
-            [_qa(sample_example(s, rng.choices(xt, xw)[0], rng, world.config, 0.0, cfg.explain_claims)) for _ in range(cfg.extra_turns)]
-            if e.task == "describe" and rng.random() < cfg.context_share else []
-            for s, e in zip(scenes, exs)
-        ]
+        more = [[_qa(sample_example(s, rng.choices(xt, xw)[0], rng, world.config, 0.0, cfg.explain_claims)) for _ in range(cfg.extra_turns)] for s in scenes]
     return scenes, collate(processor, imgs, [e.question for e in exs], [e.answer for e in exs], followups=more)
 
 
@@ -191,7 +192,8 @@ def instruction_stage(model, processor, world: World, cfg: PretrainConfig, rng: 
     model.train()
     losses: list[float] = []
     for step in range(cfg.steps):
-        _, batch = _batch(world, processor, rng, cfg, tasks, weights)
+        context = cfg.extra_turns > 0 and step % cfg.context_every == cfg.context_every - 1
+        _, batch = _batch(world, processor, rng, cfg, tasks, weights, context)
         loss = sft_loss(model, batch, cfg.per_example_loss)
         opt.zero_grad()
         loss.backward()

@@ -125,7 +125,7 @@ def run_pairs(cfg: PairsConfig, prompts, candidates, claims, scores, out: Path) 
     with RecordStore(tmp, PreferencePair) as store:
         store.write(pairs)
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
-    (tmp / "scored.jsonl").write_text("".join(json.dumps(c.to_dict()) + "\n" for c in scored))
+    (tmp / "scored_candidates.json").write_text(json.dumps([c.to_dict() for c in scored], indent=1))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
