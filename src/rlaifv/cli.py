@@ -153,6 +153,8 @@ def feedback_cmd(
             "conquer": _drop_none({"model": labeler, "mode": conquer_mode})}
     cfg = load_config(FeedbackConfig, config, over)
     summary = feedback(cfg)
+    if "pairs" not in summary:  # not rank 0 of a multi-process launch: rank 0 reports
+        return
     from .eval.report import print_table
 
     st = summary["pairs"]

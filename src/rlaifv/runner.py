@@ -10,11 +10,15 @@ A stage is ``process(batch_of_inputs) -> output records``. The runner:
   folder made with another config;
 * with ``on_error='skip'``, sets a failing input aside in ``rejects.jsonl`` with its reason
   (the batch is retried one input at a time to find it) instead of stopping;
-* splits inputs across processes (``rank``/``world_size``) by a stable hash of their key.
+* splits inputs across processes (``rank``/``world_size``) by a stable hash of their key:
+  each process writes its share into ``out_dir/rank-{r}/``; ``stages/feedback.py`` waits for
+  every process (``barrier``) and merges the rank folders back into input order.
 """
 
 from __future__ import annotations
 
+import atexit
+import datetime as _dt
 import json
 import os
 from dataclasses import dataclass, field
@@ -46,19 +50,25 @@ class StageInputError(ValueError):
     """A bad input stopped a stage (``on_error='raise'``); the message names the input."""
 
 
+def read_progress(path: Path) -> list[str]:
+    """Finished input keys listed in a ``progress.jsonl`` (empty if there is none)."""
+    done: list[str] = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    done.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a torn last line from a kill: that batch is simply redone
+    return done
+
+
 class _Progress:
     """Append-only, fsync'd list of finished input keys."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.done: set[str] = set()
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    try:
-                        self.done.add(json.loads(line))
-                    except json.JSONDecodeError:
-                        continue  # a torn last line from a kill: that batch is simply redone
+        self.done: set[str] = set(read_progress(path))
         self._f = open(path, "a")
 
     def mark(self, keys: Sequence[str]) -> None:
@@ -74,6 +84,43 @@ class _Progress:
 def rank_and_world() -> tuple[int, int]:
     """This process's share of the work under ``accelerate launch`` / torchrun (default 0 of 1)."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_device(device: str) -> str:
+    """``cuda`` -> ``cuda:{LOCAL_RANK}`` when several processes run (one GPU each); else as given."""
+    if device == "cuda" and rank_and_world()[1] > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+#: How long a process waits at a barrier for the others (their shares may be uneven; the
+#: torch default of 30 min is too short for hours-long stages). Override: RLAIFV_BARRIER_TIMEOUT_S.
+BARRIER_TIMEOUT_S = 48 * 3600
+
+
+def barrier() -> None:
+    """Wait until every process of the launch gets here (no-op with one process).
+
+    Uses accelerate's state when the program initialised it, else a torch.distributed gloo
+    group (CPU-only; a barrier moves no data) set up from the launcher's RANK/WORLD_SIZE/
+    MASTER_ADDR/MASTER_PORT. A process that fails makes the launcher stop the others.
+    """
+    if rank_and_world()[1] <= 1:
+        return
+    try:
+        from accelerate.state import PartialState
+    except ImportError:  # accelerate is optional: torch.distributed is enough
+        PartialState = None
+    if PartialState is not None and PartialState._shared_state:  # initialised by the program
+        PartialState().wait_for_everyone()
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        timeout = float(os.environ.get("RLAIFV_BARRIER_TIMEOUT_S", BARRIER_TIMEOUT_S))
+        dist.init_process_group("gloo", timeout=_dt.timedelta(seconds=timeout))
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    dist.barrier()
 
 
 def run_stage(
@@ -105,7 +152,8 @@ def run_stage(
             todo = [x for x in mine if key(x) not in prog.done and key(x) not in rejects.rejected_ids()]
             res.n_skipped_done = len(mine) - len(todo)
             written = store.done_ids()
-            with progress_bar(stage, show_progress) as bar:
+            label = f"{stage} (rank {rank}/{world_size})" if world_size > 1 else stage
+            with progress_bar(label, show_progress) as bar:
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start : start + batch_size]
                     records, ok = _process_batch(batch, key, process, on_error, rejects, stage, res)

@@ -543,7 +543,8 @@ def merge_stores(dirs: Iterable[PathLike], out: PathLike, record_type: type[R], 
 
     Records are sorted by the position of ``key(record)`` (default: its id) in ``order``, e.g.
     the prompt ids in input order with ``key=lambda c: c.prompt_id``; ties keep each rank's
-    write order. Without ``order`` they are sorted by id. Returns the number of records.
+    write order. Without ``order`` they are sorted by id. Rejects whose id is in ``order`` (a
+    rejected input's key) follow it too, the others come after. Returns the number of records.
     """
     get = key or (lambda r: r.id)
     records: list[R] = []
@@ -561,6 +562,7 @@ def merge_stores(dirs: Iterable[PathLike], out: PathLike, record_type: type[R], 
         if lost is not None:
             raise StoreError(f"cannot order merged output: key {get(lost)!r} of {lost.id!r} is not in `order`")
         records.sort(key=lambda r: position[get(r)])
+        rejects.sort(key=lambda e: position.get(e.get("id"), len(position)))  # type: ignore[arg-type]
     with RecordStore(out, record_type, shard_size) as merged:
         if len(merged):
             raise StoreError(f"merge target {out} is not empty; delete it or use a new folder")

@@ -4,7 +4,9 @@ The chat template always comes from the processor. Training batches put the answ
 tokenizer's EOS) after the templated prompt and supervise only the answer tokens; prompts are
 encoded one example at a time so that every architecture's image-token expansion is honoured,
 then padded together. Extra image tensors (``pixel_values``, ``pixel_attention_mask``,
-``image_grid_thw``, ...) are concatenated along the batch dimension.
+``image_grid_thw``, ...) are concatenated along the batch dimension; Qwen2-VL's
+``mm_token_type_ids`` (which tokens are image tokens, for its 3-D rotary positions) is padded
+like ``input_ids``, with 0 (text) for padding and answer tokens.
 """
 
 from __future__ import annotations
@@ -108,11 +110,14 @@ def collate(
     pad_id = processor.tokenizer.pad_token_id
     rows: list[list[int]] = []
     label_rows: list[list[int]] = []
+    type_rows: list[list[int]] = []
     extras: dict[str, list[torch.Tensor]] = {}
     for i, (img, q) in enumerate(zip(images, questions)):
         enc = encode_prompt(processor, img, q, histories[i] if histories is not None else ())
         ids = enc.pop("input_ids")[0].tolist()
         enc.pop("attention_mask", None)
+        if "mm_token_type_ids" in enc:  # Qwen2-VL: 3-D rotary positions need the image-token map
+            type_rows.append(enc["mm_token_type_ids"][0].tolist())
         for k in [k for k in enc if k in _TEXT_KEYS]:
             enc.pop(k)
         for k, v in enc.items():
@@ -133,6 +138,9 @@ def collate(
     }
     if answers is not None:
         batch["labels"] = torch.tensor([_pad(r, width, IGNORE_INDEX, padding_side) for r in label_rows])
+    if type_rows:
+        # Answer and follow-up tokens are text (type 0), as is padding.
+        batch["mm_token_type_ids"] = torch.tensor([_pad(t + [0] * (len(r) - len(t)), width, 0, padding_side) for t, r in zip(type_rows, rows)])
     for k, vs in extras.items():
         batch[k] = torch.cat(vs, dim=0)
     return batch

@@ -15,14 +15,24 @@ with an attention mask over prefix + suffix and explicit ``position_ids`` contin
 prefix length. Right padding keeps every real token at the same position as in the unpadded
 full prompt, so results match a full forward up to float rounding.
 
-Limits: plain (non-sliding) ``DynamicCache`` layers and 1-D positions only (Llama-style text
-models: Idefics3/SmolVLM, LLaVA). Multimodal-RoPE models (Qwen2-VL family) raise
-``NotImplementedError``.
+Positions: Llama-style models (Idefics3/SmolVLM, LLaVA) use 1-D positions ``prefix length +
+i``. Multimodal-RoPE models (Qwen2-VL, Qwen2.5-VL: a ``get_rope_index`` on the inner model)
+get the prefix's 3-D positions and its ``rope_delta`` from ``get_rope_index`` (image tokens
+take (t, h, w) grid positions, so the next free position is ``length + rope_delta``); the
+suffixes, which hold no image tokens, then run at ``length + rope_delta + i`` on all three
+axes: exactly what a full forward computes for text after the last image. The positions are
+always passed explicitly, so the model's cached ``rope_deltas`` state is neither read nor
+needed.
+
+Limits: plain (non-sliding) ``DynamicCache`` layers. Other cache kinds or position schemes
+raise ``NotImplementedError``; ``score_yes_no_shared`` then falls back to naive per-question
+forwards (``generate.score_yes_no``) with a one-time warning naming the reason.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -47,6 +57,8 @@ class EncodedPrefix:
     cache: DynamicCache
     length: int
     last_logits: torch.Tensor
+    rope_delta: int = 0  # multimodal RoPE: the first suffix token sits at position length + rope_delta
+    mrope: bool = False  # positions are (3, B, S) (Qwen2-VL style) rather than (B, S)
 
 
 # --------------------------------------------------------------------------- splitting
@@ -115,17 +127,39 @@ def split_prefix(
 # --------------------------------------------------------------------------- running
 
 
-def _check_positions_supported(model) -> None:
-    """Refuse models whose positions are not ``arange`` over tokens (multimodal RoPE)."""
-    base = getattr(model, "model", None)
-    special = any(hasattr(m, "get_rope_index") or hasattr(m, "compute_3d_position_ids") for m in (model, base) if m is not None)
+def _rope_index_fn(model):
+    """The inner model's ``get_rope_index`` (multimodal RoPE), or None for 1-D positions.
+
+    Raises ``NotImplementedError`` for a multimodal-RoPE config without that method.
+    """
+    for m in (getattr(model, "model", None), model):
+        fn = getattr(m, "get_rope_index", None)
+        if callable(fn):
+            return fn
     text_cfg = model.config.get_text_config(decoder=True)
     rope = getattr(text_cfg, "rope_parameters", None) or getattr(text_cfg, "rope_scaling", None) or {}
-    if special or (isinstance(rope, Mapping) and "mrope_section" in rope):
+    if isinstance(rope, Mapping) and "mrope_section" in rope:
+        raise NotImplementedError(f"{type(model).__name__} uses multimodal (3-D) rotary positions but has no get_rope_index")
+    return None
+
+
+def _prefix_positions(model, kw: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor | None, int]:
+    """(position_ids for the prefix forward or None for the default, rope delta of later text tokens)."""
+    fn = _rope_index_fn(model)
+    if fn is None:
+        return None, 0
+    if "mm_token_type_ids" not in kw:
+        raise NotImplementedError(f"{type(model).__name__}: multimodal (3-D) rotary positions need the processor's mm_token_type_ids, which the prefix lacks")
+    params = inspect.signature(fn).parameters
+    args = {k: v for k, v in kw.items() if k in params and k != "input_ids"}
+    positions, deltas = fn(kw["input_ids"], **args)
+    if positions.ndim != 3 or positions.shape[0] != 3 or deltas.numel() != 1:
         raise NotImplementedError(
-            f"{type(model).__name__} uses multimodal (3-D) rotary positions; shared-prefix scoring only supports "
-            "1-D positions (Llama-style text models such as Idefics3/SmolVLM and LLaVA). Use the per-question path."
+            f"{type(model).__name__}.get_rope_index returned positions {tuple(positions.shape)} and deltas "
+            f"{tuple(deltas.shape)}; shared-prefix scoring supports multimodal RoPE only as (3, 1, n) positions "
+            "with one delta (Qwen2-VL style)"
         )
+    return positions, int(deltas.reshape(-1)[0])
 
 
 def _device(model) -> torch.device:
@@ -134,12 +168,17 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def encode_prefix(model, prefix_inputs: Mapping[str, torch.Tensor]) -> EncodedPrefix:
-    """Run the prefix (image + common prompt tokens, batch 1) once and keep its KV cache."""
-    _check_positions_supported(model)
+    """Run the prefix (image + common prompt tokens, batch 1) once and keep its KV cache.
+
+    Raises ``NotImplementedError`` for models this module cannot serve (see the module docstring).
+    """
     if prefix_inputs["input_ids"].shape[0] != 1:
         raise ValueError(f"prefix batch must be 1, got {prefix_inputs['input_ids'].shape[0]}")
     dev = _device(model)
     kw = {k: v.to(dev) for k, v in prefix_inputs.items()}
+    positions, delta = _prefix_positions(model, kw)
+    if positions is not None:
+        kw["position_ids"] = positions
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kw["logits_to_keep"] = 1
     out = model(**kw, use_cache=True)
@@ -149,7 +188,10 @@ def encode_prefix(model, prefix_inputs: Mapping[str, torch.Tensor]) -> EncodedPr
         raise NotImplementedError(
             f"shared-prefix scoring needs a DynamicCache of plain DynamicLayer layers; got {type(cache).__name__} {kinds}"
         )
-    return EncodedPrefix(cache=cache, length=prefix_inputs["input_ids"].shape[1], last_logits=out.logits[0, -1].float())
+    return EncodedPrefix(
+        cache=cache, length=prefix_inputs["input_ids"].shape[1], last_logits=out.logits[0, -1].float(),
+        rope_delta=delta, mrope=positions is not None,
+    )
 
 
 def _as_encoded(model, prefix: Mapping[str, torch.Tensor] | EncodedPrefix) -> EncodedPrefix:
@@ -181,7 +223,9 @@ def _suffix_batch_logits(model, enc: EncodedPrefix, batch: Sequence[Sequence[int
     for i, s in enumerate(batch):
         ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
         mask[i, enc.length : enc.length + len(s)] = 1
-    positions = (enc.length + torch.arange(width)).unsqueeze(0).expand(len(batch), -1)
+    positions = (enc.length + enc.rope_delta + torch.arange(width)).unsqueeze(0).expand(len(batch), -1)
+    if enc.mrope:  # text tokens: the same position on the temporal, height and width axes
+        positions = positions.unsqueeze(0).expand(3, -1, -1)
     out = model(
         input_ids=ids.to(dev),
         attention_mask=mask.to(dev),
@@ -258,6 +302,9 @@ def score_yes_no_shared(
 
     Same numbers as ``generate.score_yes_no`` on the flattened (image, question) pairs, within
     float rounding. ``histories`` (one per image) puts earlier turns before every question.
+    Models that shared-prefix scoring cannot serve (``NotImplementedError`` from
+    ``encode_prefix``) are scored naively, one full forward per question, with a one-time
+    warning naming the reason.
     """
     if len(images) != len(questions_per_image):
         raise ValueError(f"{len(images)} images but {len(questions_per_image)} question lists")
@@ -267,7 +314,32 @@ def score_yes_no_shared(
         if not questions:
             results.append([])
             continue
-        prefix, suffixes = split_prefix(processor, image, questions, histories[j] if histories is not None else ())
-        p_yes, p_no = p_yes_no(score_suffixes_last_logits(model, prefix, suffixes, batch_size), ids)
+        history = histories[j] if histories is not None else ()
+        prefix, suffixes = split_prefix(processor, image, questions, history)
+        try:
+            enc = encode_prefix(model, prefix)
+        except NotImplementedError as e:
+            _warn_fallback(model, str(e))
+            results.append(_naive_yes_no(model, processor, image, questions, history, batch_size, ids))
+            continue
+        p_yes, p_no = p_yes_no(score_suffixes_last_logits(model, enc, suffixes, batch_size), ids)
         results.append(list(zip(p_yes.tolist(), p_no.tolist())))
     return results
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_fallback(model, reason: str) -> None:
+    name = type(model).__name__
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f"shared-prefix scoring unavailable for {name} ({reason}); scoring each question with a full forward", stacklevel=3)
+
+
+def _naive_yes_no(model, processor, image, questions, history, batch_size: int, ids: YesNoIds) -> list[tuple[float, float]]:
+    from .generate import score_yes_no
+
+    hist = [history] * len(questions) if history else None
+    y, n = score_yes_no(model, processor, [image] * len(questions), questions, ids, batch_size, histories=hist)
+    return list(zip(y, n))

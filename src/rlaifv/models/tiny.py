@@ -283,9 +283,12 @@ def _build_qwen(cfg: TinyVLMConfig, tokenizer: PreTrainedTokenizerFast):
         processor_cls = ImageOnlyQwen2_5_VLProcessor
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    pixels = cfg.image_size**2  # min = max: every image becomes image_size x image_size (after aspect rounding)
+    # Pixel bounds half a merged patch either side of image_size^2: any square image becomes exactly
+    # image_size x image_size (bounds of exactly image_size^2 would let float rounding in
+    # smart_resize drop a whole row of patches); other aspect ratios keep about that area.
+    lo, hi = cfg.image_size - factor // 2, cfg.image_size + factor // 2
     image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": pixels, "longest_edge": pixels},
+        size={"shortest_edge": lo * lo, "longest_edge": hi * hi},
         patch_size=cfg.patch_size,
         merge_size=QWEN_MERGE,
         temporal_patch_size=2,

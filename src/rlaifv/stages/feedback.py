@@ -5,6 +5,13 @@ Each stage writes its own inspectable, resumable folder under ``out``::
     out/candidates/  out/claims/  out/questions/  out/scores/  out/pairs/  out/feedback.json
 
 Rerunning the same command after a kill continues where it stopped (see ``runner.py``).
+
+Several processes (``accelerate launch`` / ``torchrun``; RANK and WORLD_SIZE set): each
+per-record stage (sample, divide, ask, conquer) runs every process's share of the inputs into
+``out/<stage>/rank-{r}/``, all processes wait at a barrier, then rank 0 merges the rank folders
+into ``out/<stage>/`` in input order -- the same records, in the same order, that one process
+writes -- and removes them; the others wait for the merge before reading it for the next stage.
+Pairs run on rank 0 only. A rerun skips a merged stage and continues unmerged rank folders.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from ..images import load_image
 from ..models.load import load_vlm
-from ..records import Candidate, Claim, ClaimScore, PolarQuestion, PreferencePair, Prompt
-from ..runner import run_stage
-from ..store import RecordStore, read_records
+from ..records import Candidate, Claim, ClaimScore, PolarQuestion, PreferencePair, Prompt, Record
+from ..runner import PROGRESS_NAME, barrier, local_device, rank_and_world, read_progress, run_stage
+from ..store import (LOCK_NAME, MANIFEST_NAME, REJECTS_NAME, RecordStore, RejectsFile, StoreError, _fsync_dir,
+                     _list_shards, merge_stores, read_manifest, read_records, write_manifest)
 from .ask import AskConfig, ask
 from .conquer import ConquerConfig, conquer
 from .divide import DivideConfig, divide
@@ -50,7 +59,10 @@ def _prompts(cfg: FeedbackConfig) -> tuple[list[Prompt], Path]:
     elif cfg.sandbox_prompts > 0:
         from ..sandbox.prompts import write_sandbox_prompts
 
-        path = write_sandbox_prompts(Path(cfg.out) / "prompts", cfg.sandbox_prompts)
+        path = Path(cfg.out) / "prompts" / "prompts.jsonl"
+        if rank_and_world()[0] == 0:  # one writer; the other processes wait, then read it
+            path = write_sandbox_prompts(path.parent, cfg.sandbox_prompts)
+        barrier()
     else:
         raise ValueError("no prompts: give `prompts` (a JSONL/parquet file) or `sandbox_prompts` > 0")
     return list(read_records(path, Prompt)), path
@@ -60,20 +72,125 @@ def _base_dir(path: Path) -> Path:
     return path.parent if path.is_file() else path
 
 
-def run_sample(cfg: SampleConfig, prompts: list[Prompt], prompts_path: Path, out: Path, on_error: str = "raise", rank: int = 0, world: int = 1):
-    """Stage 1 over ``prompts`` into ``out`` (resumable)."""
-    model, proc = load_vlm(cfg.model, cfg.device, cfg.dtype)
+def _load(name: str, device: str, dtype: str):
+    """The model on this process's device (``cuda`` -> ``cuda:{LOCAL_RANK}`` with several processes)."""
+    device = local_device(device)
+    if device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(device)
+    return load_vlm(name, device, dtype)
+
+
+def _rank_dirs(out: Path) -> list[Path]:
+    return sorted((p for p in out.glob("rank-*") if p.is_dir() and p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+
+
+def _check_world(out: Path, world: int) -> None:
+    """Rank folders split by another number of processes cannot be continued (the split differs)."""
+    for d in _rank_dirs(out):
+        info = d / "world.json"
+        old = json.loads(info.read_text())["world_size"] if info.exists() else None
+        if int(d.name[5:]) >= world or (old is not None and old != world):
+            raise StoreError(f"{out} holds unmerged rank folders of a run with {old or 'more'} processes, not {world}: "
+                             "rerun with that many processes, or delete the rank-* folders to start the stage over")
+
+
+def _finished(out: Path, keys: Sequence[str]) -> bool:
+    """A merged (or single-process) stage folder that lists every input as done or rejected."""
+    if not (out / PROGRESS_NAME).exists():
+        return False
+    done = set(read_progress(out / PROGRESS_NAME))
+    if (out / REJECTS_NAME).exists():
+        done |= RejectsFile(out).rejected_ids()
+    return all(k in done for k in keys)
+
+
+def _merge_ranks(out: Path, stage: str, record_type: type[Record], keys: list[str], record_key: Callable[[Any], str],
+                 manifest: tuple[dict, dict, list]) -> None:
+    """Rank 0: rank folders -> ``out`` in input order, then a progress file, then drop the folders.
+
+    The progress file is written last (atomically): a kill mid-merge leaves the rank folders
+    and no complete progress, so the rerun redoes the merge from scratch.
+    """
+    dirs = _rank_dirs(out)
+    stale = [s for _, _, s in _list_shards(out)]  # what an interrupted merge (or one-process run) left
+    stale += [out / n for n in (PROGRESS_NAME, REJECTS_NAME, MANIFEST_NAME, LOCK_NAME, PROGRESS_NAME + ".tmp")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    merge_stores(dirs, out, record_type, order=keys, key=record_key)
+    config, seeds, input_paths = manifest
+    write_manifest(out, stage, config, seeds, input_paths)
+    done: set[str] = set()
+    for d in dirs:
+        done.update(read_progress(d / PROGRESS_NAME))
+    tmp = out / (PROGRESS_NAME + ".tmp")
+    with tmp.open("w") as f:
+        f.write("".join(json.dumps(k) + "\n" for k in keys if k in done))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / PROGRESS_NAME)
+    _fsync_dir(out)
+    for d in dirs:
+        shutil.rmtree(d)
+
+
+def _run(stage: str, out: Path, record_type: type[Record], inputs: Sequence, key: Callable[[Any], str],
+         make_process: Callable[[], Callable[[list], list[Record]]], record_key: Callable[[Any], str], *,
+         config: dict, seeds: dict | None = None, input_paths: Sequence[Path] = (), batch_size: int,
+         on_error: str, rank: int | None, world: int | None):
+    """``run_stage`` in one process, or this process's share + barrier + merge by rank 0.
+
+    ``record_key`` maps an output record to the key of the input it came from (merge order).
+    Returns the StageResult of this process's share (None when the stage was already merged).
+    """
+    if rank is None or world is None:
+        rank, world = rank_and_world()
+    kw = dict(config=config, seeds=seeds, input_paths=list(input_paths), batch_size=batch_size, on_error=on_error)
+    if world <= 1:
+        return run_stage(stage, out, record_type, inputs, key, make_process(), **kw)
+    out = Path(out)
+    keys = [key(x) for x in inputs]
+    done = _finished(out, keys)
+    if not done:
+        _check_world(out, world)
+    if rank == 0 and read_manifest(out) is not None:  # same refusal as one process: another config
+        write_manifest(out, stage, config, seeds or {}, list(input_paths))
+    res = None
+    if not done:
+        (out / f"rank-{rank}").mkdir(parents=True, exist_ok=True)
+        (out / f"rank-{rank}" / "world.json").write_text(json.dumps({"rank": rank, "world_size": world}) + "\n")
+        res = run_stage(stage, out, record_type, inputs, key, make_process(), rank=rank, world_size=world, **kw)
+    barrier()
+    if rank == 0:
+        if not done:
+            _merge_ranks(out, stage, record_type, keys, record_key, (config, seeds or {}, list(input_paths)))
+        for d in _rank_dirs(out):  # left by a kill between the merge and the clean-up
+            shutil.rmtree(d)
+    barrier()
+    return res
+
+
+def run_sample(cfg: SampleConfig, prompts: list[Prompt], prompts_path: Path, out: Path, on_error: str = "raise",
+               rank: int | None = None, world: int | None = None):
+    """Stage 1 over ``prompts`` into ``out`` (resumable; split across processes, see module doc)."""
     base = _base_dir(prompts_path)
 
-    def process(batch: list[Prompt]) -> list[Candidate]:
-        return sample(model, proc, batch, [load_image(p, base) for p in batch], cfg, model_name=cfg.model)
+    def make_process():
+        model, proc = _load(cfg.model, cfg.device, cfg.dtype)
 
-    return run_stage("sample", out, Candidate, prompts, lambda p: p.prompt_id, process, config=asdict(cfg),
-                     seeds={"seed": cfg.seed}, input_paths=[prompts_path], batch_size=cfg.prompts_per_batch,
-                     on_error=on_error, rank=rank, world_size=world)
+        def process(batch: list[Prompt]) -> list[Candidate]:
+            return sample(model, proc, batch, [load_image(p, base) for p in batch], cfg, model_name=cfg.model)
+
+        return process
+
+    return _run("sample", out, Candidate, prompts, lambda p: p.prompt_id, make_process, lambda c: c.prompt_id,
+                config=asdict(cfg), seeds={"seed": cfg.seed}, input_paths=[prompts_path],
+                batch_size=cfg.prompts_per_batch, on_error=on_error, rank=rank, world=world)
 
 
-def run_divide(cfg: DivideConfig, prompts: list[Prompt], candidates: list[Candidate], out: Path, on_error: str = "raise"):
+def run_divide(cfg: DivideConfig, prompts: list[Prompt], candidates: list[Candidate], out: Path, on_error: str = "raise",
+               rank: int | None = None, world: int | None = None):
     """Stage 2: candidates -> claims. An empty answer is a bad input (error or reject)."""
     question_of = {p.prompt_id: p.question for p in prompts}
 
@@ -83,13 +200,14 @@ def run_divide(cfg: DivideConfig, prompts: list[Prompt], candidates: list[Candid
                 raise ValueError(f"candidate {c.id!r}: empty answer")
         return [cl for r in divide(batch, question_of, cfg) for cl in r.claims]
 
-    return run_stage("divide", out, Claim, candidates, lambda c: c.id, process, config=asdict(cfg), batch_size=16, on_error=on_error)
+    return _run("divide", out, Claim, candidates, lambda c: c.id, lambda: process, lambda cl: cl.candidate_id,
+                config=asdict(cfg), batch_size=16, on_error=on_error, rank=rank, world=world)
 
 
-def run_ask(cfg: AskConfig, claims: list[Claim], out: Path, on_error: str = "raise"):
+def run_ask(cfg: AskConfig, claims: list[Claim], out: Path, on_error: str = "raise", rank: int | None = None, world: int | None = None):
     """Stage 3: claims -> polar questions."""
-    return run_stage("ask", out, PolarQuestion, claims, lambda c: c.id, lambda batch: ask(batch, cfg),
-                     config=asdict(cfg), batch_size=64, on_error=on_error)
+    return _run("ask", out, PolarQuestion, claims, lambda c: c.id, lambda: (lambda batch: ask(batch, cfg)),
+                lambda q: q.claim_id, config=asdict(cfg), batch_size=64, on_error=on_error, rank=rank, world=world)
 
 
 def prompt_of_claim(claim_id: str) -> str:
@@ -97,19 +215,25 @@ def prompt_of_claim(claim_id: str) -> str:
     return claim_id.rsplit("/", 1)[0].rsplit("#", 1)[0]
 
 
-def run_conquer(cfg: ConquerConfig, prompts: list[Prompt], prompts_path: Path, questions: list[PolarQuestion], out: Path, on_error: str = "raise"):
+def run_conquer(cfg: ConquerConfig, prompts: list[Prompt], prompts_path: Path, questions: list[PolarQuestion], out: Path,
+                on_error: str = "raise", rank: int | None = None, world: int | None = None):
     """Stage 4: every question about one image is scored together (shared prefix)."""
-    model, proc = load_vlm(cfg.model, cfg.device, cfg.dtype)
     base = _base_dir(prompts_path)
     by_prompt: dict[str, list[PolarQuestion]] = defaultdict(list)
     for q in questions:
         by_prompt[prompt_of_claim(q.claim_id)].append(q)
     items = [p for p in prompts if p.prompt_id in by_prompt]
 
-    def process(batch: list[Prompt]) -> list[ClaimScore]:
-        return conquer(model, proc, [(load_image(p, base), by_prompt[p.prompt_id]) for p in batch], cfg)
+    def make_process():
+        model, proc = _load(cfg.model, cfg.device, cfg.dtype)
 
-    return run_stage("conquer", out, ClaimScore, items, lambda p: p.prompt_id, process, config=asdict(cfg), batch_size=4, on_error=on_error)
+        def process(batch: list[Prompt]) -> list[ClaimScore]:
+            return conquer(model, proc, [(load_image(p, base), by_prompt[p.prompt_id]) for p in batch], cfg)
+
+        return process
+
+    return _run("conquer", out, ClaimScore, items, lambda p: p.prompt_id, make_process, lambda s: prompt_of_claim(s.claim_id),
+                config=asdict(cfg), batch_size=4, on_error=on_error, rank=rank, world=world)
 
 
 def run_pairs(cfg: PairsConfig, prompts, candidates, claims, scores, out: Path) -> dict:
@@ -133,9 +257,14 @@ def run_pairs(cfg: PairsConfig, prompts, candidates, claims, scores, out: Path) 
 
 
 def feedback(cfg: FeedbackConfig) -> dict:
-    """Run every stage in order; returns a summary (counts and wall time per stage)."""
+    """Run every stage in order; returns a summary (counts and wall time per stage).
+
+    With several processes every one runs stages 1-4 (its share, then the merged result); only
+    rank 0 makes the pairs and writes ``feedback.json``; the others return without ``pairs``.
+    """
     out = Path(cfg.out)
     prompts, ppath = _prompts(cfg)
+    rank, _ = rank_and_world()
     summary: dict = {"stages": {}}
     t = time.time()
     run_sample(cfg.sample, prompts, ppath, out / "candidates", cfg.on_error)
@@ -153,10 +282,12 @@ def feedback(cfg: FeedbackConfig) -> dict:
     run_conquer(cfg.conquer, prompts, ppath, questions, out / "scores", cfg.on_error)
     summary["stages"]["conquer"] = round(time.time() - t, 2)
     scores = read_store(out / "scores", ClaimScore)
+    summary["counts"] = {"prompts": len(prompts), "candidates": len(candidates), "claims": len(claims), "questions": len(questions), "scores": len(scores)}
+    if rank != 0:
+        return summary
     t = time.time()
     summary["pairs"] = run_pairs(cfg.pairs, prompts, candidates, claims, scores, out / "pairs")
     summary["stages"]["pairs"] = round(time.time() - t, 2)
-    summary["counts"] = {"prompts": len(prompts), "candidates": len(candidates), "claims": len(claims), "questions": len(questions), "scores": len(scores)}
     tmp = out / "feedback.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, default=str))
     os.replace(tmp, out / "feedback.json")

@@ -6,6 +6,11 @@ has its own recorded seed (a per-row ``torch.Generator``), so any single candida
 regenerated alone. The prompt and image are encoded **once** per prompt: the prompt is prefilled
 once, its KV cache is repeated for the n candidates, and decoding continues from it (HF's
 ``num_return_sequences`` would prefill n copies).
+
+Qwen2-VL / Qwen2.5-VL (3-D rotary positions): the prefill forward computes the prompt's
+``rope_deltas`` (kept on the inner model), which are repeated for the n rows along with the
+cache; ``generate`` then places every later token at its text position + delta, exactly as a
+full forward of the duplicated prompts does (tested equal in ``tests/test_architectures.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from ..models.chat import collate
+from ..models.chat import _TEXT_KEYS, collate
 from ..records import Candidate, Prompt
 
 
@@ -102,15 +107,18 @@ def generate_candidates(
     tok = processor.tokenizer
     kw = dict(do_sample=False, max_new_tokens=cfg.max_new_tokens, logits_processor=sampler, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     if cfg.share_prefill:
-        pre = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+        # Per-token inputs (Qwen's mm_token_type_ids) are cut like input_ids; image tensors are whole.
+        pre = {k: (v[:, :-1] if k in _TEXT_KEYS else v) for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
         out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **pre)
         cache = out.past_key_values
         cache.batch_repeat_interleave(n)
         _repeat_model_state(model, n)
         gen = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0), past_key_values=cache, **kw)
     else:
-        rep = {k: v.repeat_interleave(n, 0) for k, v in batch.items()}
-        gen = model.generate(**rep, **kw)
+        # Re-collate n copies of each prompt: repeating tensors row-wise would scramble inputs whose
+        # first dimension is not the batch (Qwen2-VL's pixel_values are flat patch rows).
+        rep = collate(processor, [im for im in images for _ in range(n)], [q for q in questions for _ in range(n)], padding_side="left")
+        gen = model.generate(**{k: v.to(model.device) for k, v in rep.items()}, **kw)
     texts = tok.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
     return [[t.strip() for t in texts[i * n : (i + 1) * n]] for i in range(len(images))]
 
