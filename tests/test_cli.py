@@ -75,3 +75,18 @@ def test_eval_coco_malformed_line_names_it(rlaifv_bin, tmp_path):
     (tmp_path / "answers.jsonl").write_text("{not json\n")
     proc = run(rlaifv_bin + ["eval-coco", "--answers", "answers.jsonl", "--annotations", "ann.json"], tmp_path, check=False)
     assert proc.returncode == 2 and "answers.jsonl:1" in proc.stdout
+
+
+def test_stage_commands_chain_like_feedback(rlaifv_bin, tmp_path, tiny_sandbox_model):
+    """sample -> divide -> ask -> conquer -> pairs -> export, one command each, as a user would."""
+    from rlaifv.sandbox.prompts import write_sandbox_prompts
+
+    prompts = write_sandbox_prompts(tmp_path / "p", 2)
+    m = str(tiny_sandbox_model)
+    run(rlaifv_bin + ["sample", "--prompts", str(prompts), "--out", "c", "--model", m, "--n", "3", "--max-new-tokens", "16", "--temperature", "1.0"], tmp_path)
+    run(rlaifv_bin + ["divide", "--candidates", "c", "--prompts", str(prompts), "--out", "cl", "--on-error", "skip"], tmp_path)
+    run(rlaifv_bin + ["ask", "--claims", "cl", "--out", "q"], tmp_path)
+    run(rlaifv_bin + ["conquer", "--questions", "q", "--prompts", str(prompts), "--out", "s", "--model", m], tmp_path)
+    run(rlaifv_bin + ["pairs", "--prompts", str(prompts), "--candidates", "c", "--claims", "cl", "--scores", "s", "--out", "pairs"], tmp_path)
+    assert (tmp_path / "pairs" / "stats.json").exists()
+    assert len((tmp_path / "c" / "shard-00000.jsonl").read_text().splitlines()) == 6

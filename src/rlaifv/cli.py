@@ -166,6 +166,146 @@ def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def _prompts_file(prompts: Path):
+    from .records import Prompt
+    from .store import read_records
+
+    return list(read_records(prompts, Prompt)), prompts
+
+
+@app.command("sample")
+def sample_cmd(
+    prompts: Path = typer.Option(..., help="Prompts file (JSONL/parquet of {prompt_id, question, image})."),
+    out: Path = typer.Option(..., help="Output folder of Candidate records."),
+    config: Optional[Path] = typer.Option(None, help="YAML with SampleConfig fields."),
+    model: Optional[str] = typer.Option(None, help="Policy folder or sandbox:policy."),
+    n: Optional[int] = typer.Option(None, help="Candidates per prompt (default 10)."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default 0.7)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Default 512."),
+    seed: Optional[int] = typer.Option(None, help="Base seed of the per-candidate seeds."),
+    on_error: str = typer.Option("raise", help="raise | skip."),
+) -> None:
+    """Stage 1: n candidates per prompt with identical decoding (deconfounded sampling)."""
+    from .config import load_config
+    from .stages.feedback import run_sample
+    from .stages.sample import SampleConfig
+
+    cfg = load_config(SampleConfig, config, {"model": model, "n": n, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed})
+    recs, path = _prompts_file(prompts)
+    res = run_sample(cfg, recs, path, out, on_error)
+    console.print(f"sample: {res.n_written if res else 0} candidates written to {out}")
+
+
+@app.command("divide")
+def divide_cmd(
+    candidates: Path = typer.Option(..., help="Folder of Candidate records (from `rlaifv sample`)."),
+    prompts: Path = typer.Option(..., help="The prompts file (questions give context to LLM splitting)."),
+    out: Path = typer.Option(..., help="Output folder of Claim records."),
+    config: Optional[Path] = typer.Option(None, help="YAML with DivideConfig fields."),
+    backend: Optional[str] = typer.Option(None, help="rules | llm."),
+    on_error: str = typer.Option("raise", help="raise | skip."),
+) -> None:
+    """Stage 2: split each answer into atomic, self-contained factual claims."""
+    from .config import load_config
+    from .records import Candidate
+    from .stages.divide import DivideConfig
+    from .stages.feedback import run_divide
+    from .store import read_records
+
+    cfg = load_config(DivideConfig, config, {"backend": backend})
+    res = run_divide(cfg, _prompts_file(prompts)[0], list(read_records(candidates, Candidate)), out, on_error)
+    console.print(f"divide: {res.n_written if res else 0} claims written to {out}")
+
+
+@app.command("ask")
+def ask_cmd(
+    claims: Path = typer.Option(..., help="Folder of Claim records (from `rlaifv divide`)."),
+    out: Path = typer.Option(..., help="Output folder of PolarQuestion records."),
+    config: Optional[Path] = typer.Option(None, help="YAML with AskConfig fields."),
+    backend: Optional[str] = typer.Option(None, help="rules | llm."),
+    suffix: Optional[str] = typer.Option(None, help='Appended to each question (default "Please answer yes or no.").'),
+    on_error: str = typer.Option("raise", help="raise | skip."),
+) -> None:
+    """Stage 3: turn each claim into a yes/no question (negation and tense kept)."""
+    from .config import load_config
+    from .records import Claim
+    from .stages.ask import AskConfig
+    from .stages.feedback import run_ask
+    from .store import read_records
+
+    cfg = load_config(AskConfig, config, {"backend": backend, "suffix": suffix})
+    res = run_ask(cfg, list(read_records(claims, Claim)), out, on_error)
+    console.print(f"ask: {res.n_written if res else 0} questions written to {out}")
+
+
+@app.command("conquer")
+def conquer_cmd(
+    questions: Path = typer.Option(..., help="Folder of PolarQuestion records (from `rlaifv ask`)."),
+    prompts: Path = typer.Option(..., help="The prompts file (the images)."),
+    out: Path = typer.Option(..., help="Output folder of ClaimScore records."),
+    config: Optional[Path] = typer.Option(None, help="YAML with ConquerConfig fields."),
+    model: Optional[str] = typer.Option(None, help="Labeler folder, sandbox:labeler, or the policy (self-feedback)."),
+    mode: Optional[str] = typer.Option(None, help="direct | describe_then_answer (sandbox-only stand-in)."),
+    repetition_penalty: Optional[float] = typer.Option(None, help="Reference-code fidelity switch (e.g. 1.1); off by default."),
+    on_error: str = typer.Option("raise", help="raise | skip."),
+) -> None:
+    """Stage 4: the labeler's p_yes / p_no for every question (shared image prefix)."""
+    from .config import load_config
+    from .records import PolarQuestion
+    from .stages.conquer import ConquerConfig
+    from .stages.feedback import run_conquer
+    from .store import read_records
+
+    cfg = load_config(ConquerConfig, config, {"model": model, "mode": mode, "repetition_penalty": repetition_penalty})
+    recs, path = _prompts_file(prompts)
+    res = run_conquer(cfg, recs, path, list(read_records(questions, PolarQuestion)), out, on_error)
+    console.print(f"conquer: {res.n_written if res else 0} scores written to {out}")
+
+
+@app.command("pairs")
+def pairs_cmd(
+    prompts: Path = typer.Option(..., help="The prompts file."),
+    candidates: Path = typer.Option(..., help="Folder of Candidate records."),
+    claims: Path = typer.Option(..., help="Folder of Claim records."),
+    scores: Path = typer.Option(..., help="Folder of ClaimScore records."),
+    out: Path = typer.Option(..., help="Output folder of PreferencePair records (+ stats.json)."),
+    config: Optional[Path] = typer.Option(None, help="YAML with PairsConfig fields."),
+    max_pairs_per_prompt: Optional[int] = typer.Option(None, help="Default 2."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the per-prompt pair choice."),
+) -> None:
+    """Stage 5: score = -(rejected claims); pairs with gap >= 1, ties dropped, length-balanced."""
+    from .config import load_config
+    from .records import Candidate, Claim, ClaimScore
+    from .stages.feedback import run_pairs
+    from .stages.pairs import PairsConfig
+    from .store import read_records
+
+    cfg = load_config(PairsConfig, config, {"max_pairs_per_prompt": max_pairs_per_prompt, "seed": seed})
+    stats = run_pairs(cfg, _prompts_file(prompts)[0], list(read_records(candidates, Candidate)), list(read_records(claims, Claim)),
+                      list(read_records(scores, ClaimScore)), out)
+    console.print(f"pairs: {stats.get('pairs_after_balance')} pairs written to {out}")
+
+
+@app.command("import-rlaifv")
+def import_rlaifv_cmd(
+    parquet: Path = typer.Option(..., help="A downloaded openbmb/RLAIF-V-Dataset parquet file or folder of shards."),
+    out: Path = typer.Option(..., help="Output folder: prompts.jsonl, images/, pairs/."),
+) -> None:
+    """Import the RLAIF-V-Dataset schema as rlaifv prompts and preference pairs."""
+    import json as _json
+
+    from .formats import from_rlaifv_dataset
+    from .records import PreferencePair
+    from .store import RecordStore
+
+    prompts, pairs = from_rlaifv_dataset(parquet, (out / "images").resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prompts.jsonl").write_text("".join(_json.dumps(p.to_dict()) + "\n" for p in prompts))
+    with RecordStore(out / "pairs", PreferencePair) as store:
+        store.write(pairs)
+    console.print(f"imported {len(prompts)} prompts and {len(pairs)} pairs into {out}")
+
+
 @app.command("export")
 def export_cmd(
     run: Path = typer.Option(..., help="A feedback run folder (holds prompts/ and pairs/) or give --pairs/--prompts."),

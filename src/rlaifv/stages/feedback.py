@@ -34,7 +34,7 @@ from ..store import (LOCK_NAME, MANIFEST_NAME, REJECTS_NAME, RecordStore, Reject
 from .ask import AskConfig, ask
 from .conquer import ConquerConfig, conquer
 from .divide import DivideConfig, divide
-from .pairs import PairsConfig, make_pairs, score_candidates
+from .pairs import PairsConfig, holistic_question, make_pairs, score_candidates, score_holistic
 from .sample import SampleConfig, sample
 
 
@@ -242,6 +242,11 @@ def run_pairs(cfg: PairsConfig, prompts, candidates, claims, scores, out: Path) 
     for c in claims:
         claims_by[c.candidate_id].append(c)
     scored, mismatches = score_candidates(candidates, claims_by, {s.claim_id: s for s in scores})
+    return _write_pairs(cfg, prompts, scored, mismatches, out)
+
+
+def _write_pairs(cfg: PairsConfig, prompts, scored, mismatches, out: Path) -> dict:
+    """Pairs + stats + scored candidates, replacing ``out`` atomically."""
     pairs, stats = make_pairs(scored, {p.prompt_id: p for p in prompts}, cfg, mismatches=mismatches)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -270,6 +275,8 @@ def feedback(cfg: FeedbackConfig) -> dict:
     run_sample(cfg.sample, prompts, ppath, out / "candidates", cfg.on_error)
     summary["stages"]["sample"] = round(time.time() - t, 2)
     candidates = read_store(out / "candidates", Candidate)
+    if cfg.pairs.scoring == "holistic":
+        return _holistic(cfg, prompts, ppath, candidates, summary, rank)
     t = time.time()
     run_divide(cfg.divide, prompts, candidates, out / "claims", cfg.on_error)
     summary["stages"]["divide"] = round(time.time() - t, 2)
@@ -288,10 +295,32 @@ def feedback(cfg: FeedbackConfig) -> dict:
     t = time.time()
     summary["pairs"] = run_pairs(cfg.pairs, prompts, candidates, claims, scores, out / "pairs")
     summary["stages"]["pairs"] = round(time.time() - t, 2)
+    _write_summary(out, summary)
+    return summary
+
+
+def _holistic(cfg: FeedbackConfig, prompts: list[Prompt], ppath: Path, candidates: list[Candidate], summary: dict, rank: int) -> dict:
+    """The paper's ablation baseline: the labeler judges each whole answer once (no divide)."""
+    out = Path(cfg.out)
+    question_of = {p.prompt_id: p.question for p in prompts}
+    questions = [PolarQuestion(f"{c.id}/holistic", c.text, holistic_question(question_of[c.prompt_id], c.text)) for c in candidates if c.text.strip()]
+    t = time.time()
+    run_conquer(cfg.conquer, prompts, ppath, questions, out / "holistic_scores", cfg.on_error)
+    summary["stages"]["conquer_holistic"] = round(time.time() - t, 2)
+    scores = {s.claim_id.rsplit("/", 1)[0]: s for s in read_store(out / "holistic_scores", ClaimScore)}
+    summary["counts"] = {"prompts": len(prompts), "candidates": len(candidates), "questions": len(questions), "scores": len(scores)}
+    if rank != 0:
+        return summary
+    scored, mismatches = score_holistic(candidates, scores)
+    summary["pairs"] = _write_pairs(cfg.pairs, prompts, scored, mismatches, out / "pairs")
+    _write_summary(out, summary)
+    return summary
+
+
+def _write_summary(out: Path, summary: dict) -> None:
     tmp = out / "feedback.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, default=str))
     os.replace(tmp, out / "feedback.json")
-    return summary
 
 
 def read_store(path: Path, kind):
