@@ -11,12 +11,13 @@ where a full forward does (checked directly on the positions as well as on the o
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import warnings
 from pathlib import Path
 
 import pytest
+
+from rlaifv.sandbox.pretrain import tokenizer_corpus
 import torch
 
 from rlaifv.models.chat import collate, encode_prompt, prompt_text
@@ -27,7 +28,6 @@ from rlaifv.models.tiny import QWEN_ARCHS, TinyVLMConfig, build_tiny_vlm, save_t
 from rlaifv.models.yesno import yes_no_ids
 from rlaifv.records import ClaimScore, PolarQuestion
 from rlaifv.sandbox.render import render
-from rlaifv.sandbox.tasks import sample_example
 from rlaifv.sandbox.world import World, WorldConfig
 from rlaifv.stages.conquer import ConquerConfig, conquer
 from rlaifv.stages.sample import SampleConfig, generate_candidates
@@ -58,14 +58,8 @@ def tiny_cfg(arch: str) -> TinyVLMConfig:
 
 
 def corpus(n_scenes: int = 20) -> list[str]:
-    world = World(WorldConfig())
-    rng = random.Random(0)
-    texts = ["yes no Yes No", "Please answer yes or no."]
-    for s in world.scenes(n_scenes):
-        for task in ("describe", "count", "colour", "where", "probe", "claim"):
-            ex = sample_example(s, task, rng, world.config, p_extra=0.5)
-            texts += [ex.question, ex.answer]
-    return texts
+    """Every sandbox task's text, as the pre-training tokenizer sees it."""
+    return tokenizer_corpus(World(WorldConfig()), n_scenes)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ token ids are off, so each is checked against an independent, hand-built expecta
 from __future__ import annotations
 
 import math
-import random
 import warnings
 
 import pytest
+
+from rlaifv.sandbox.pretrain import tokenizer_corpus
 import torch
 
 from rlaifv.models.chat import IGNORE_INDEX, answer_ids, collate, encode_prompt, prompt_text
@@ -19,7 +20,6 @@ from rlaifv.models.generate import generate_answers, score_yes_no
 from rlaifv.models.tiny import TinyVLMConfig, build_tiny_vlm, train_tokenizer
 from rlaifv.models.yesno import YesNoIds, first_token_after, p_yes_no, yes_no_ids
 from rlaifv.sandbox.render import render
-from rlaifv.sandbox.tasks import sample_example
 from rlaifv.sandbox.world import World, WorldConfig
 
 torch.set_num_threads(1)  # a training job shares the CPU
@@ -40,14 +40,8 @@ def tiny_cfg(arch: str) -> TinyVLMConfig:
 
 
 def small_corpus(n_scenes: int = 30) -> list[str]:
-    world = World(WorldConfig())
-    rng = random.Random(0)
-    texts = ["yes no Yes No", "Please answer yes or no."]
-    for s in world.scenes(n_scenes):
-        for task in ("describe", "count", "colour", "where", "probe", "claim"):
-            ex = sample_example(s, task, rng, world.config, p_extra=0.5)
-            texts += [ex.question, ex.answer]
-    return texts
+    """Every sandbox task's text, as the pre-training tokenizer sees it."""
+    return tokenizer_corpus(World(WorldConfig()), n_scenes)
 
 
 @pytest.fixture(scope="module", params=["idefics3", "llava"])

@@ -7,10 +7,11 @@ and reload through the ``Auto*`` classes with identical outputs; the conquer sta
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
+
+from rlaifv.sandbox.pretrain import tokenizer_corpus
 import torch
 
 from rlaifv.models.chat import collate, prompt_text, user_message
@@ -18,7 +19,6 @@ from rlaifv.models.load import ModelLoadError, load_vlm, resolve_model_path
 from rlaifv.models.tiny import CHAT_TEMPLATE, TinyVLMConfig, build_tiny_vlm, save_tiny, train_tokenizer
 from rlaifv.models.yesno import yes_no_ids
 from rlaifv.sandbox.render import render
-from rlaifv.sandbox.tasks import sample_example
 from rlaifv.sandbox.world import World, WorldConfig
 
 torch.set_num_threads(1)  # a training job shares the CPU
@@ -34,15 +34,8 @@ def tiny_cfg(arch: str) -> TinyVLMConfig:
 
 
 def small_corpus(n_scenes: int = 30) -> list[str]:
-    """Questions and answers of every sandbox task, plus the yes/no words (as pretrain does)."""
-    world = World(WorldConfig())
-    rng = random.Random(0)
-    texts = ["yes no Yes No", "Please answer yes or no."]
-    for s in world.scenes(n_scenes):
-        for task in ("describe", "count", "colour", "where", "probe", "claim"):
-            ex = sample_example(s, task, rng, world.config, p_extra=0.5)
-            texts += [ex.question, ex.answer]
-    return texts
+    """Every sandbox task's text, as the pre-training tokenizer sees it."""
+    return tokenizer_corpus(World(WorldConfig()), n_scenes)
 
 
 @pytest.fixture(scope="module", params=["idefics3", "llava"])

@@ -8,9 +8,10 @@ output layer is sharpened (x30) so that p_yes/p_no differ visibly between questi
 
 from __future__ import annotations
 
-import random
 
 import pytest
+
+from rlaifv.sandbox.pretrain import tokenizer_corpus
 import torch
 
 from rlaifv.models.chat import answer_ids, collate, encode_prompt
@@ -24,7 +25,6 @@ from rlaifv.models.prefix import (
 )
 from rlaifv.models.tiny import TinyVLMConfig, build_tiny_vlm, train_tokenizer
 from rlaifv.sandbox.render import render
-from rlaifv.sandbox.tasks import sample_example
 from rlaifv.sandbox.world import World, WorldConfig
 
 torch.set_num_threads(1)  # a training job shares the CPU
@@ -40,14 +40,8 @@ ANSWERS = ["Yes.", "There are three objects.", "No. There is nothing at the top 
 
 
 def _corpus(n_scenes: int = 30) -> list[str]:
-    world = World(WorldConfig())
-    rng = random.Random(0)
-    texts = ["yes no Yes No", "Please answer yes or no."]
-    for s in world.scenes(n_scenes):
-        for task in ("describe", "count", "colour", "where", "probe", "claim"):
-            ex = sample_example(s, task, rng, world.config, p_extra=0.5)
-            texts += [ex.question, ex.answer]
-    return texts
+    """Every sandbox task's text, as the pre-training tokenizer sees it."""
+    return tokenizer_corpus(World(WorldConfig()), n_scenes)
 
 
 @pytest.fixture(scope="module", params=["idefics3", "llava"])

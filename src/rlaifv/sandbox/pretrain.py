@@ -75,13 +75,17 @@ class PretrainConfig:
 
 
 PRESETS: dict[str, PretrainConfig] = {
+    # Descriptions from captions that name up to 2 absent (mostly co-occurring) objects, each
+    # with probability 0.7; clean yes/no data.
     "policy": PretrainConfig(
-        preset="policy", steps=1200, p_extra=0.6,
+        preset="policy", steps=1200, p_extra=0.7, max_extra=2,
         mix={"describe": 0.6, "probe": 0.15, "claim": 0.15, "count": 0.04, "colour": 0.03, "where": 0.03},
     ),
+    # Clean data; every second step is a describe + 3 claim-question turns batch (the
+    # describe-then-answer stand-in); the rest mixes descriptions, grounding and direct yes/no.
     "labeler": PretrainConfig(
-        preset="labeler", steps=3000,
-        mix={"describe": 0.2, "what_at": 0.2, "probe": 0.1, "claim": 0.4, "count": 0.04, "colour": 0.03, "where": 0.03},
+        preset="labeler", steps=2000, extra_turns=3, context_every=2,
+        mix={"describe": 0.5, "what_at": 0.1, "claim": 0.3, "probe": 0.1},
     ),
 }
 
@@ -89,7 +93,9 @@ PRESETS: dict[str, PretrainConfig] = {
 def tokenizer_corpus(world: World, n_scenes: int = 400, seed: int = 0) -> list[str]:
     """Text the local tokenizer is trained on: every task's questions and answers."""
     rng = random.Random(seed)
-    texts = ["yes no Yes No", "Please answer yes or no."]
+    # each polar word also alone, as the first answer token sees it (no leading space), often
+    # enough to be merged into one token: p_yes / p_no read exactly these four tokens
+    texts = ["yes", "no", "Yes", "No"] * 100 + ["Please answer yes or no."]
     for scene in world.scenes(n_scenes, "train"):
         for task in ("describe", "count", "colour", "where", "probe", "claim", "what_at"):
             ex = sample_example(scene, task, rng, world.config, p_extra=0.5, explain=True)
