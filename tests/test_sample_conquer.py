@@ -99,3 +99,19 @@ def test_repetition_penalty_by_hand():
 def test_bad_mode_is_rejected():
     with pytest.raises(ValueError, match="mode"):
         ConquerConfig(mode="vibes")
+
+
+def test_describe_then_match_by_hand(monkeypatch):
+    # The labeler "describes" a fixed text; claims are accepted iff the described object matches
+    # every attribute the claim states.
+    import rlaifv.stages.conquer as C
+
+    monkeypatch.setattr(C, "generate_answers", lambda *a, **k: ["There is a large red circle at the top left. There is a small blue star in the center."])
+    monkeypatch.setattr(C, "yes_no_ids", lambda tok: None)
+    qs = [PolarQuestion("p#0/0", "There is a large red circle at the top left.", "q"),
+          PolarQuestion("p#0/1", "There is a small blue star at the top left.", "q"),   # wrong cell
+          PolarQuestion("p#0/2", "There is a blue star.", "q"),                        # unstated attributes are fine
+          PolarQuestion("p#0/3", "There is a green square in the center.", "q"),       # absent
+          PolarQuestion("p#0/4", "The sky is blue.", "q")]                              # unparsable: rejected
+    out = C.conquer(None, type("P", (), {"tokenizer": None})(), [(None, qs)], ConquerConfig(mode="describe_then_match"))
+    assert [s.accepted for s in out] == [True, False, True, False, False]

@@ -89,7 +89,7 @@ def test_evaluate_sandbox_reports_every_metric(tiny_sandbox_model):
     from rlaifv.models.load import load_vlm
 
     model, proc = load_vlm(tiny_sandbox_model)
-    res = evaluate_sandbox(model, proc, SandboxEvalConfig(n_scenes=4, max_new_tokens=8, claim_modes=("direct", "describe_then_answer")))
+    res = evaluate_sandbox(model, proc, SandboxEvalConfig(n_scenes=4, max_new_tokens=8, claim_modes=("direct", "describe_then_answer", "describe_then_match")))
     assert res["claims"]["describe_then_answer"]["n"] == res["claims"]["direct"]["n"]
     assert set(res["pope"]) == {"random", "popular", "adversarial"}
     for split in res["pope"].values():

@@ -82,7 +82,7 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, help="Write all metrics as JSON here."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16."),
-    claim_mode: list[str] = typer.Option(["direct"], help="Claim-question mode(s): direct | describe_then_answer (sandbox-only stand-in)."),
+    claim_mode: list[str] = typer.Option(["direct"], help="Claim-question mode(s): direct | describe_then_answer | describe_then_match (the last two: sandbox-only stand-ins)."),
 ) -> None:
     """Sandbox hallucination metrics: CHAIR_i/CHAIR_s/recall, POPE (3 splits), claim-question F1."""
     from .eval.report import print_table, write_json
@@ -141,7 +141,7 @@ def feedback_cmd(
     n: Optional[int] = typer.Option(None, help="Candidates per prompt (default 10)."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Sampling budget per candidate (default 512)."),
     seed: Optional[int] = typer.Option(None, help="Sampling seed."),
-    conquer_mode: Optional[str] = typer.Option(None, help="direct | describe_then_answer (sandbox-only stand-in)."),
+    conquer_mode: Optional[str] = typer.Option(None, help="direct | describe_then_answer | describe_then_match (sandbox-only stand-ins)."),
     on_error: Optional[str] = typer.Option(None, help="raise | skip (bad inputs go to each stage's rejects.jsonl)."),
 ) -> None:
     """Sample -> divide -> ask -> conquer -> pairs, resumable; rerun the same command after a kill."""
@@ -245,7 +245,7 @@ def conquer_cmd(
     out: Path = typer.Option(..., help="Output folder of ClaimScore records."),
     config: Optional[Path] = typer.Option(None, help="YAML with ConquerConfig fields."),
     model: Optional[str] = typer.Option(None, help="Labeler folder, sandbox:labeler, or the policy (self-feedback)."),
-    mode: Optional[str] = typer.Option(None, help="direct | describe_then_answer (sandbox-only stand-in)."),
+    mode: Optional[str] = typer.Option(None, help="direct | describe_then_answer | describe_then_match (sandbox-only stand-ins)."),
     repetition_penalty: Optional[float] = typer.Option(None, help="Reference-code fidelity switch (e.g. 1.1); off by default."),
     on_error: str = typer.Option("raise", help="raise | skip."),
 ) -> None:

@@ -20,7 +20,7 @@ from ..eval.chair import chair_metrics
 from ..eval.pope import SPLITS, pope_metrics, pope_questions
 from ..models.generate import generate_answers, score_yes_no
 from .render import render
-from .tasks import DESCRIBE_PROMPT, claim_question, hallucinated_object
+from .tasks import DESCRIBE_PROMPT, claim_question, hallucinated_object, sentence
 from .world import COLOURS, GRID, SHAPES, Scene, SceneObject, World, WorldConfig
 
 NEGATIVE_KINDS = ("absent_companion", "wrong_cell", "wrong_colour", "wrong_size", "absent_occupied")
@@ -38,9 +38,8 @@ class SandboxEvalConfig:
     describe: bool = True
     pope: bool = True
     claims: bool = True
-    #: how claim questions are asked: "direct" (the method's labeler) and/or
-    #: "describe_then_answer" (the sandbox-only stand-in: the model's own greedy description
-    #: is put in context before the question)
+    #: how claim questions are judged: "direct" (the method's labeler) and/or the sandbox-only
+    #: stand-ins "describe_then_answer" / "describe_then_match" (see stages/conquer.py)
     claim_modes: tuple[str, ...] = ("direct",)
     batch_size: int = 50
 
@@ -98,25 +97,20 @@ def evaluate_pope(model, processor, scenes, images, cfg: SandboxEvalConfig, worl
     return out
 
 
-def self_descriptions(model, processor, scenes, images, cfg: SandboxEvalConfig) -> dict[str, str]:
-    """The model's own greedy description per scene (context of the describe-then-answer mode)."""
-    texts = generate_answers(model, processor, images, [DESCRIBE_PROMPT] * len(images), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-    return {s.scene_id: t for s, t in zip(scenes, texts)}
-
-
 def evaluate_claims(model, processor, scenes, images, cfg: SandboxEvalConfig, world: WorldConfig, mode: str = "direct") -> dict[str, Any]:
-    """Labeler accuracy on claim questions; ``mode`` as in ``SandboxEvalConfig.claim_modes``."""
-    if mode not in ("direct", "describe_then_answer"):
-        raise ValueError(f"unknown claim mode {mode!r}")
-    by_id = {s.scene_id: im for s, im in zip(scenes, images)}
+    """Labeler accuracy on claim questions, scored exactly as ``rlaifv conquer`` scores them
+    (``mode``: direct, or one of the sandbox-only stand-ins)."""
+    from ..records import PolarQuestion
+    from ..stages.conquer import ConquerConfig, conquer
+
     items = claim_probe_set(scenes, world, cfg.seed)
-    hist = None
-    if mode == "describe_then_answer":
-        desc = self_descriptions(model, processor, scenes, images, cfg)
-        hist = [[(DESCRIBE_PROMPT, desc[s.scene_id])] for s, *_ in items]
-    questions = [claim_question(o) for _, o, _, _ in items]
-    p_yes, p_no = score_yes_no(model, processor, [by_id[s.scene_id] for s, *_ in items], questions, batch_size=cfg.batch_size, histories=hist)
-    preds = [y > n for y, n in zip(p_yes, p_no)]  # accepted iff p_yes > p_no (ties reject)
+    by_scene: dict[str, list[PolarQuestion]] = {s.scene_id: [] for s in scenes}
+    for i, (s, obj, _, _) in enumerate(items):
+        by_scene[s.scene_id].append(PolarQuestion(f"{s.scene_id}#0/{i}", sentence(obj), claim_question(obj)))
+    groups = [(img, by_scene[s.scene_id]) for s, img in zip(scenes, images)]
+    ccfg = ConquerConfig(mode=mode, batch_size=cfg.batch_size, describe_max_new_tokens=cfg.max_new_tokens)
+    verdict = {c.claim_id: c.accepted for c in conquer(model, processor, groups, ccfg)}
+    preds = [verdict[f"{s.scene_id}#0/{i}"] for i, (s, *_) in enumerate(items)]  # accepted iff p_yes > p_no
     result = pope_metrics(preds, [t for _, _, t, _ in items])
     result["accuracy_by_kind"] = {
         kind: round(sum(p == t for p, (_, _, t, k) in zip(preds, items) if k == kind) / max(1, sum(k == kind for *_, k in items)), 4)
@@ -155,6 +149,6 @@ def summary_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
     if "pope" in result:
         row.update({f"POPE {k} F1": v["f1"] for k, v in result["pope"].items()})
     for mode, res in result.get("claims", {}).items():
-        tag = "" if mode == "direct" else " (describe-then-answer)"
+        tag = "" if mode == "direct" else f" ({mode}, stand-in)"
         row.update({f"claim F1{tag}": res["f1"], f"claim acc{tag}": res["accuracy"]})
     return row

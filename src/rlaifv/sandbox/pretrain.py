@@ -69,6 +69,8 @@ class PretrainConfig:
     context_every: int = 3
     extra_mix: dict[str, float] = field(default_factory=lambda: {"claim": 0.8, "probe": 0.2})
     log_every: int = 100
+    #: continue from this checkpoint (folder) instead of building a new model (staged training)
+    init_from: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -224,11 +226,18 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress=None, on_log
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     world = World(cfg.world)
-    tok = train_tokenizer(tokenizer_corpus(world, seed=cfg.seed), cfg.model.arch, cfg.model.vocab_size)
-    model, processor = build_tiny_vlm(cfg.model, tok, seed=cfg.seed)
+    if cfg.init_from:
+        from ..models.load import load_vlm
+
+        model, processor = load_vlm(cfg.init_from)
+        model.train()
+    else:
+        tok = train_tokenizer(tokenizer_corpus(world, seed=cfg.seed), cfg.model.arch, cfg.model.vocab_size)
+        model, processor = build_tiny_vlm(cfg.model, tok, seed=cfg.seed)
     t0 = time.time()
     log = {"config": cfg.to_dict()}
-    log.update(vision_stage(model, processor, world, cfg, rng, progress))
+    if cfg.vision_steps > 0:
+        log.update(vision_stage(model, processor, world, cfg, rng, progress))
     log.update(instruction_stage(model, processor, world, cfg, rng, progress, on_log))
     log["train_seconds"] = round(time.time() - t0, 1)
     if out is not None:

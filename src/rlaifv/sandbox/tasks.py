@@ -170,6 +170,11 @@ def sample_example(
     if task == "what_at":
         cell = rng.randrange(GRID * GRID)
         return Example(scene, task, f"What is {place(cell)}?", what_at(scene, cell))
+    if task == "what_at_short":  # content first: the lookup happens at the answer position
+        cell = rng.randrange(GRID * GRID)
+        obj = scene.by_cell(cell)
+        ans = f"{obj.size.capitalize()} {obj.colour} {obj.shape}." if obj else "Nothing."
+        return Example(scene, task, f"What is {place(cell)}?", ans)
     if task == "claim":
         obj = rng.choice(scene.objects) if rng.random() < 0.5 else claim_question_negative(scene, rng, world)
         return Example(scene, task, claim_question(obj), claim_answer(scene, obj, explain))

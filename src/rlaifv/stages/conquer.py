@@ -12,6 +12,11 @@ Deviation switches, off by default:
 * ``mode='describe_then_answer'``: a **sandbox-only stand-in** where the labeler first writes
   its own description of the image, which is kept in context before each question. It is not
   the method's labeler and is named as such in every output.
+* ``mode='describe_then_match'``: a **sandbox-only stand-in** that needs no yes/no skill: the
+  labeler writes its own description, and a claim is accepted iff the sandbox parser finds the
+  claimed object with the same stated attributes in it (p_yes = 1 or 0). The labeler's errors
+  are then its perception errors only. Used where the sandbox labeler's yes/no answers are not
+  good enough (see RESULTS.md); never for real data.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from ..models.yesno import YesNoIds, p_yes_no, yes_no_ids
 from ..records import ClaimScore, PolarQuestion
 from ..sandbox.tasks import DESCRIBE_PROMPT
 
-MODES = ("direct", "describe_then_answer")
+MODES = ("direct", "describe_then_answer", "describe_then_match")
 
 
 @dataclass
@@ -92,6 +97,8 @@ def conquer(model, processor, groups: Sequence[tuple[Image.Image, list[PolarQues
     """Score every question; ``groups`` holds the questions about each image together."""
     ids = yes_no_ids(processor.tokenizer)
     history_of: list[list[tuple[str, str]]] = [[] for _ in groups]
+    if cfg.mode == "describe_then_match":
+        return _describe_then_match(model, processor, groups, cfg)
     if cfg.mode == "describe_then_answer":
         texts = generate_answers(model, processor, [g[0] for g in groups], [cfg.describe_prompt] * len(groups), max_new_tokens=cfg.describe_max_new_tokens)
         history_of = [[(cfg.describe_prompt, t)] for t in texts]
@@ -102,6 +109,27 @@ def conquer(model, processor, groups: Sequence[tuple[Image.Image, list[PolarQues
         scores = _score_image(model, processor, image, [q.question for q in questions], history, cfg, ids)
         out += [ClaimScore(claim_id=q.claim_id, question=q.question, p_yes=float(y), p_no=float(n)) for q, (y, n) in zip(questions, scores)]
     return out
+
+
+def _describe_then_match(model, processor, groups, cfg: ConquerConfig) -> list[ClaimScore]:
+    from ..sandbox.parse import parse_answer, parse_sentence
+
+    texts = generate_answers(model, processor, [g[0] for g in groups], [cfg.describe_prompt] * len(groups), max_new_tokens=cfg.describe_max_new_tokens)
+    out: list[ClaimScore] = []
+    for (_, questions), text in zip(groups, texts):
+        seen = parse_answer(text).mentions
+        for q in questions:
+            ok, claim = parse_sentence(q.claim)
+            found = ok and claim is not None and any(_same(claim, m) for m in seen)
+            out.append(ClaimScore(claim_id=q.claim_id, question=q.question, p_yes=1.0 if found else 0.0, p_no=0.0 if found else 1.0))
+    return out
+
+
+def _same(claim, mention) -> bool:
+    """The described object matches every attribute the claim states."""
+    return claim.shape == mention.shape and all(
+        getattr(claim, a) is None or getattr(claim, a) == getattr(mention, a) for a in ("colour", "size", "cell")
+    )
 
 
 def config_dict(cfg: ConquerConfig) -> dict:
