@@ -9,7 +9,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from rlaifv.records import Candidate, ClaimScore, PolarQuestion, Prompt

@@ -25,7 +25,7 @@ from rlaifv.sandbox.tasks import (
     sample_example,
     sentence,
 )
-from rlaifv.sandbox.world import COLOURS, GRID, POSITIONS, SHAPES, SIZES, Scene, SceneObject, World, WorldConfig
+from rlaifv.sandbox.world import COLOURS, GRID, POSITIONS, SHAPES, SIZES, SceneObject, World, WorldConfig
 
 TASKS = ("describe", "count", "colour", "where", "probe", "claim")
 

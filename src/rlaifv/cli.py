@@ -40,7 +40,7 @@ def sandbox_pretrain(
 ) -> None:
     """Supervised pre-training of a sandbox VLM on the CPU (fixed step budget and seed)."""
     from .config import load_config
-    from .eval.report import print_table, write_json
+    from .eval.report import write_json
     from .progress import progress_bar
     from .sandbox.evaluate import SandboxEvalConfig, evaluate_sandbox, summary_row
     from .sandbox.pretrain import PretrainConfig, pretrain
@@ -53,7 +53,7 @@ def sandbox_pretrain(
     if eval_scenes:
         res = evaluate_sandbox(model, processor, SandboxEvalConfig(n_scenes=eval_scenes))
         write_json(Path(out) / "rlaifv_eval.json", res)
-        print_table(f"{preset} on {eval_scenes} held-out scenes", [summary_row(preset, res)], None, console=console)
+        _metric_table(f"{preset} on {eval_scenes} held-out scenes", [summary_row(preset, res)])
 
 
 @sandbox_app.command("audit")
@@ -62,13 +62,13 @@ def sandbox_audit(
     out: Optional[Path] = typer.Option(None, help="Write the numbers as JSON here."),
 ) -> None:
     """Check a sandbox feedback run against the ground truth: labeler agreement, pair quality."""
-    from .eval.report import print_table, write_json
+    from .eval.report import write_json
     from .sandbox.audit import audit_run
 
     res = audit_run(run)
     lab = res["labeler_rejections_vs_truth"]
     row = {k: v for k, v in res.items() if not isinstance(v, dict)} | {"reject precision": lab["precision"], "reject recall": lab["recall"]}
-    print_table(f"audit of {run}", [row], None, console=console)
+    _metric_table(f"audit of {run}", [{"model": "value", **row}])
     if out:
         write_json(out, res)
 
@@ -85,7 +85,7 @@ def eval_cmd(
     claim_mode: list[str] = typer.Option(["direct"], help="Claim-question mode(s): direct | describe_then_answer | describe_then_match (the last two: sandbox-only stand-ins)."),
 ) -> None:
     """Sandbox hallucination metrics: CHAIR_i/CHAIR_s/recall, POPE (3 splits), claim-question F1."""
-    from .eval.report import print_table, write_json
+    from .eval.report import write_json
     from .models.load import load_vlm
     from .sandbox.evaluate import SandboxEvalConfig, evaluate_sandbox, summary_row
 
@@ -96,7 +96,7 @@ def eval_cmd(
         with console.status(f"evaluating {name} on {n_scenes} scenes"):
             results[name] = evaluate_sandbox(m, p, cfg)
         rows.append(summary_row(name, results[name]))
-    print_table(f"sandbox eval ({n_scenes} {split} scenes, seed {seed})", rows, None, console=console)
+    _metric_table(f"sandbox eval ({n_scenes} {split} scenes, seed {seed})", rows)
     if out:
         write_json(out, results)
         console.print(f"wrote {out}")
@@ -155,11 +155,18 @@ def feedback_cmd(
     summary = feedback(cfg)
     if "pairs" not in summary:  # not rank 0 of a multi-process launch: rank 0 reports
         return
-    from .eval.report import print_table
 
     st = summary["pairs"]
     row = {**summary["counts"], "pairs": st.get("pairs_after_balance"), **{f"{k} s": v for k, v in summary["stages"].items()}}
-    print_table(f"feedback -> {cfg.out}", [row], None, console=console)
+    _metric_table(f"feedback -> {cfg.out}", [{"model": "value", **row}])
+
+
+def _metric_table(title: str, rows: list[dict]) -> None:
+    """Rows keyed by "model" printed with one metric per line (fits a terminal)."""
+    from .eval.report import print_table
+
+    metrics = list(dict.fromkeys(k for r in rows for k in r if k != "model"))
+    print_table(title, [{"metric": k, **{r["model"]: r.get(k) for r in rows}} for k in metrics], None, console=console)
 
 
 def _drop_none(d: dict) -> dict:

@@ -78,9 +78,9 @@ class PretrainConfig:
 
 PRESETS: dict[str, PretrainConfig] = {
     # Descriptions from captions that name up to 2 absent (mostly co-occurring) objects, each
-    # with probability 0.7; clean yes/no data.
+    # with probability 0.8; clean yes/no data.
     "policy": PretrainConfig(
-        preset="policy", steps=1200, p_extra=0.7, max_extra=2,
+        preset="policy", steps=1200, p_extra=0.8, max_extra=2,
         mix={"describe": 0.6, "probe": 0.15, "claim": 0.15, "count": 0.04, "colour": 0.03, "where": 0.03},
     ),
     # Clean data; every second step is a describe + 3 claim-question turns batch (the
