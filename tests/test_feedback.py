@@ -118,3 +118,19 @@ def test_missing_image_goes_to_rejects_or_errors(tiny_sandbox_model, tmp_path, r
     rejects = [json.loads(x) for x in (tmp_path / "r2" / "candidates" / "rejects.jsonl").read_text().splitlines()]
     assert {r["id"] for r in rejects} == {"missing", "corrupt"}
     assert len(list(read_records(tmp_path / "r2" / "candidates", Candidate))) == 2
+
+
+def test_holistic_scoring_baseline(tiny_sandbox_model, tmp_path):
+    """The ablation baseline: one yes/no question per whole answer, no divide/ask stages."""
+    from rlaifv.config import load_config
+    from rlaifv.stages.feedback import FeedbackConfig, feedback
+
+    cfg = load_config(FeedbackConfig, _cfg(tmp_path, tiny_sandbox_model, tmp_path / "h", pairs={"scoring": "holistic"}))
+    summary = feedback(cfg)
+    run = tmp_path / "h"
+    scores = list(read_records(run / "holistic_scores", ClaimScore))
+    assert scores and all(s.claim_id.endswith("/holistic") for s in scores)
+    assert "accurate" in scores[0].question.lower() or "describ" in scores[0].question.lower()
+    assert not (run / "claims").exists()
+    stats = json.loads((run / "pairs" / "stats.json").read_text())
+    assert stats["scoring"] == "holistic" and summary["pairs"]["pairs_after_balance"] == stats["pairs_after_balance"]
