@@ -37,6 +37,7 @@ def sandbox_pretrain(
     seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
     config: Optional[Path] = typer.Option(None, help="YAML file with PretrainConfig fields."),
     eval_scenes: int = typer.Option(200, help="Held-out scenes to evaluate on after training (0: skip)."),
+    eval_every: int = typer.Option(0, help="Also measure descriptions on `val` scenes every N steps (0: off); written to rlaifv_curve.json."),
 ) -> None:
     """Supervised pre-training of a sandbox VLM on the CPU (fixed step budget and seed)."""
     from .config import load_config
@@ -46,9 +47,19 @@ def sandbox_pretrain(
     from .sandbox.pretrain import PretrainConfig, pretrain
     from .sandbox.pretrain import preset as get_preset
 
-    cfg = load_config(PretrainConfig, config, {"steps": steps, "vision_steps": vision_steps, "seed": seed}, base=get_preset(preset))
+    cfg = load_config(PretrainConfig, config, {"steps": steps, "vision_steps": vision_steps, "seed": seed, "log_every": eval_every or None}, base=get_preset(preset))
+    curve: list[dict] = []
+
+    def on_log(step: int, model) -> None:  # evaluation only reads the model: training is unchanged
+        res = evaluate_sandbox(model, processor_of[0], SandboxEvalConfig(n_scenes=eval_scenes or 200, split="val", pope=False, claims=False))
+        curve.append({"step": step, **{f"{m} {k}": res["describe"][m][k] for m in ("sampled", "greedy") for k in ("chair_i", "recall")}})
+        console.print(curve[-1])
+
+    processor_of: list = [None]
     with progress_bar(f"pretrain {preset}") as bar:
-        model, processor, log = pretrain(cfg, out, progress=bar)
+        model, processor, log = pretrain(cfg, out, progress=bar, on_log=on_log if eval_every else None, on_build=lambda p: processor_of.__setitem__(0, p))
+    if curve:
+        write_json(Path(out) / "rlaifv_curve.json", curve)
     console.print(f"saved {out} ({log['train_seconds']} s of training)")
     if eval_scenes:
         res = evaluate_sandbox(model, processor, SandboxEvalConfig(n_scenes=eval_scenes))
@@ -340,10 +351,17 @@ def export_cmd(
 @app.command("demo")
 def demo(
     n_scenes: int = typer.Option(200, help="Held-out sandbox scenes to evaluate on."),
-    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its tables."),
+    n_prompts: int = typer.Option(50, help="Sandbox prompts for the feedback round."),
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its results."),
 ) -> None:
-    """The sandbox demo: the shipped policy and labeler, measured on held-out scenes."""
-    eval_cmd(model=["sandbox:policy", "sandbox:labeler"], n_scenes=n_scenes, split="test", seed=0, out=out / "eval.json", device="cpu", dtype="float32", claim_mode=["direct"])
+    """The sandbox demo: measure the shipped policy and labeler, then one feedback round
+    (sample -> divide -> ask -> conquer -> pairs) checked against the ground truth."""
+    eval_cmd(model=["sandbox:policy", "sandbox:labeler"], n_scenes=n_scenes, split="test", seed=0, out=out / "eval.json",
+             device="cpu", dtype="float32", claim_mode=["direct", "describe_then_match"])
+    console.print("[bold]feedback round[/bold] (labeler: describe_then_match, the sandbox-only stand-in)")
+    feedback_cmd(config=None, prompts=None, sandbox_prompts=n_prompts, out=str(out / "feedback"), policy="sandbox:policy",
+                 labeler="sandbox:labeler", n=None, max_new_tokens=128, seed=None, conquer_mode="describe_then_match", on_error="skip")
+    sandbox_audit(run=out / "feedback", out=out / "feedback" / "audit.json")
 
 
 def main() -> None:

@@ -221,8 +221,12 @@ def instruction_stage(model, processor, world: World, cfg: PretrainConfig, rng: 
     return {"final_loss": sum(losses[-50:]) / max(1, len(losses[-50:]))}
 
 
-def pretrain(cfg: PretrainConfig, out: Path | None = None, progress=None, on_log=None):
-    """Build, train and (if ``out``) save a sandbox VLM. Returns (model, processor, log)."""
+def pretrain(cfg: PretrainConfig, out: Path | None = None, progress=None, on_log=None, on_build=None):
+    """Build, train and (if ``out``) save a sandbox VLM. Returns (model, processor, log).
+
+    ``on_log(step, model)`` runs every ``cfg.log_every`` steps (e.g. an evaluation);
+    ``on_build(processor)`` is called once the model and processor exist.
+    """
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     world = World(cfg.world)
@@ -234,6 +238,8 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress=None, on_log
     else:
         tok = train_tokenizer(tokenizer_corpus(world, seed=cfg.seed), cfg.model.arch, cfg.model.vocab_size)
         model, processor = build_tiny_vlm(cfg.model, tok, seed=cfg.seed)
+    if on_build is not None:
+        on_build(processor)
     t0 = time.time()
     log = {"config": cfg.to_dict()}
     if cfg.vision_steps > 0:
