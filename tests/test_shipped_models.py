@@ -36,8 +36,9 @@ def test_shipped_policy_hallucinates_but_describes():
 
 
 def test_shipped_labeler_judges_claims():
+    # The sandbox feedback runs use the describe-then-match stand-in (RESULTS.md: the direct
+    # yes/no read-out of this labeler is still at chance); it must stay accurate.
     model, proc = load_vlm("sandbox:labeler")
-    cfg = SandboxEvalConfig(n_scenes=30, describe=False, pope=False, claim_modes=("direct", "describe_then_answer"))
-    res = evaluate_sandbox(model, proc, cfg)["claims"]
-    best = max(res["direct"]["f1"], res["describe_then_answer"]["f1"])
-    assert best >= 0.9, res
+    cfg = SandboxEvalConfig(n_scenes=30, describe=False, pope=False, claim_modes=("describe_then_match",))
+    res = evaluate_sandbox(model, proc, cfg)["claims"]["describe_then_match"]
+    assert res["f1"] >= 0.95 and res["accuracy_by_kind"]["absent_companion"] >= 0.95, res
