@@ -233,19 +233,10 @@ def _build_qwen(cfg: TinyVLMConfig, tokenizer: PreTrainedTokenizerFast):
         raise ValueError(f"{cfg.arch}: image_size {cfg.image_size} must be a multiple of 2 x patch_size = {factor}")
     head_dim = cfg.text_hidden // cfg.text_heads
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.text_hidden,
-        intermediate_size=cfg.intermediate,
-        num_hidden_layers=cfg.text_layers,
-        num_attention_heads=cfg.text_heads,
-        num_key_value_heads=cfg.text_kv_heads,
-        max_position_embeddings=cfg.max_position,
-        rope_parameters={"rope_type": "default", "mrope_section": mrope_section(head_dim), "rope_theta": 10000.0},
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    text = _text_config(cfg, tokenizer)
+    for key in ("model_type", "tie_word_embeddings"):
+        text.pop(key)
+    text["rope_parameters"] = {"rope_type": "default", "mrope_section": mrope_section(head_dim), "rope_theta": 10000.0}
     vision = dict(
         depth=cfg.vision_layers,
         num_heads=cfg.vision_heads,
