@@ -106,3 +106,21 @@ def chat_server():
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def tiny_cfg(arch: str):
+    """A 1-layer, 32-d tiny VLM config of the given architecture (model-level unit tests)."""
+    from rlaifv.models.tiny import TinyVLMConfig
+
+    return TinyVLMConfig(
+        arch=arch, image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=1,
+        intermediate=64, vision_heads=2, text_heads=2, text_kv_heads=2,
+    )
+
+
+def small_corpus(n_scenes: int = 30) -> list[str]:
+    """Every sandbox task's text, as the pre-training tokenizer sees it."""
+    from rlaifv.sandbox.pretrain import tokenizer_corpus
+    from rlaifv.sandbox.world import World
+
+    return tokenizer_corpus(World(), n_scenes)

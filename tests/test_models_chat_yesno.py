@@ -11,18 +11,18 @@ import math
 import warnings
 
 import pytest
+from conftest import small_corpus, tiny_cfg
 
-from rlaifv.sandbox.pretrain import tokenizer_corpus
 import torch
 
 from rlaifv.models.chat import IGNORE_INDEX, answer_ids, collate, encode_prompt, prompt_text
 from rlaifv.models.generate import generate_answers, score_yes_no
-from rlaifv.models.tiny import TinyVLMConfig, build_tiny_vlm, train_tokenizer
+from rlaifv.models.tiny import build_tiny_vlm, train_tokenizer
 from rlaifv.models.yesno import YesNoIds, first_token_after, p_yes_no, yes_no_ids
 from rlaifv.sandbox.render import render
-from rlaifv.sandbox.world import World, WorldConfig
+from rlaifv.sandbox.world import World
 
-torch.set_num_threads(1)  # a training job shares the CPU
+
 
 QUESTIONS = [
     "Is there a star in the image? Please answer yes or no.",
@@ -30,18 +30,6 @@ QUESTIONS = [
     "Is there a large red circle at the top left? Please answer yes or no.",
 ]
 ANSWERS = ["Yes.", "There are three objects.", "No."]
-
-
-def tiny_cfg(arch: str) -> TinyVLMConfig:
-    return TinyVLMConfig(
-        arch=arch, image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=1,
-        intermediate=64, vision_heads=2, text_heads=2, text_kv_heads=2,
-    )
-
-
-def small_corpus(n_scenes: int = 30) -> list[str]:
-    """Every sandbox task's text, as the pre-training tokenizer sees it."""
-    return tokenizer_corpus(World(WorldConfig()), n_scenes)
 
 
 @pytest.fixture(scope="module", params=["idefics3", "llava"])

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import small_corpus, tiny_cfg
 
-from rlaifv.sandbox.pretrain import tokenizer_corpus
 import torch
 
 from rlaifv.models.chat import collate, prompt_text, user_message
@@ -19,23 +19,11 @@ from rlaifv.models.load import ModelLoadError, load_vlm, resolve_model_path
 from rlaifv.models.tiny import CHAT_TEMPLATE, TinyVLMConfig, build_tiny_vlm, save_tiny, train_tokenizer
 from rlaifv.models.yesno import yes_no_ids
 from rlaifv.sandbox.render import render
-from rlaifv.sandbox.world import World, WorldConfig
+from rlaifv.sandbox.world import World
 
-torch.set_num_threads(1)  # a training job shares the CPU
+
 
 ASSISTANT = "<|im_start|>assistant\n"
-
-
-def tiny_cfg(arch: str) -> TinyVLMConfig:
-    return TinyVLMConfig(
-        arch=arch, image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=1,
-        intermediate=64, vision_heads=2, text_heads=2, text_kv_heads=2,
-    )
-
-
-def small_corpus(n_scenes: int = 30) -> list[str]:
-    """Every sandbox task's text, as the pre-training tokenizer sees it."""
-    return tokenizer_corpus(World(WorldConfig()), n_scenes)
 
 
 @pytest.fixture(scope="module", params=["idefics3", "llava"])
