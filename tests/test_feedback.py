@@ -134,3 +134,16 @@ def test_holistic_scoring_baseline(tiny_sandbox_model, tmp_path):
     assert not (run / "claims").exists()
     stats = json.loads((run / "pairs" / "stats.json").read_text())
     assert stats["scoring"] == "holistic" and summary["pairs"]["pairs_after_balance"] == stats["pairs_after_balance"]
+
+
+def test_progress_file_torn_tail_is_cut(tmp_path):
+    # A kill mid-append leaves '"b' without a newline; reopening drops it and appends cleanly.
+    from rlaifv.runner import _Progress, read_progress
+
+    path = tmp_path / "progress.jsonl"
+    path.write_text('"a"\n"b')
+    prog = _Progress(path)
+    assert prog.done == {"a"}
+    prog.mark(["c"])
+    prog.close()
+    assert read_progress(path) == ["a", "c"] and path.read_text() == '"a"\n"c"\n'

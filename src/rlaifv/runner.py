@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import datetime as _dt
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,11 +64,26 @@ def read_progress(path: Path) -> list[str]:
     return done
 
 
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a last line cut short by a kill, so the next append starts on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        logging.getLogger(__name__).warning("%s: dropping a torn last line left by a kill", path)
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 class _Progress:
     """Append-only, fsync'd list of finished input keys."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        _cut_torn_tail(path)
         self.done: set[str] = set(read_progress(path))
         self._f = open(path, "a")
 
