@@ -21,7 +21,7 @@ Deviation switches, off by default:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -131,6 +131,3 @@ def _same(claim, mention) -> bool:
         getattr(claim, a) is None or getattr(claim, a) == getattr(mention, a) for a in ("colour", "size", "cell")
     )
 
-
-def config_dict(cfg: ConquerConfig) -> dict:
-    return asdict(cfg)

@@ -16,7 +16,7 @@ full forward of the duplicated prompts does (tested equal in ``tests/test_archit
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -134,6 +134,3 @@ def sample(model, processor, prompts: Sequence[Prompt], images: Sequence[Image.I
         for k in range(cfg.n)
     ]
 
-
-def config_dict(cfg: SampleConfig) -> dict:
-    return asdict(cfg)
