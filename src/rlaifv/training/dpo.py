@@ -1,0 +1,307 @@
+"""``rlaifv train``: DPO for any HF VLM on RLAIF-V preference pairs (RLAIF-V Sec. 3.2).
+
+* Loss: sigmoid DPO on summed answer log-probs (``losses.dpo_loss``), optional chosen-answer NLL.
+* Reference: log-probs computed once by the reference model and cached on disk
+  (``refcache``), so no reference model is in memory while training.
+* Parameters: full fine-tuning or LoRA (PEFT), vision tower frozen (``model_setup``).
+* Schedule: AdamW, linear warm-up then cosine decay to 0.
+* Checkpoints: ``out/checkpoints/step-NNNNNN/`` every 1/``checkpoints_per_epoch`` epoch and at
+  the end (``save_pretrained`` folders: merged model or PEFT adapter, plus the processor).
+* Resume: ``out/resume/`` holds the trainable weights, optimizer, scheduler and RNG state of the
+  last checkpoint; rerunning the same command continues from there mid-epoch (the data order is
+  a function of (seed, epoch), so the remaining batches are the same ones).
+* Several processes (``accelerate launch``): data parallel; each optimizer step's batch is split
+  across processes, gradients are averaged by DDP, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.chat import collate
+from ..models.load import load_vlm
+from ..progress import progress_bar
+from ..runner import barrier
+from ..store import write_manifest
+from .data import TrainExample, epoch_batches, load_pairs, prepare_examples
+from .losses import dpo_loss, sequence_logps
+from .model_setup import save_model, setup_trainable, trainable_state
+from .refcache import cached_reference_logps
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); names the step and pairs."""
+
+
+@dataclass
+class DPOConfig:
+    """Settings of ``rlaifv train`` (defaults: the reference code's LoRA recipe, rlaif-v-method.md Sec. 2)."""
+
+    model: str = "sandbox:policy"  # starting policy: model folder or sandbox:NAME
+    ref_model: str = ""  # reference model; empty: the starting policy (the paper's choice)
+    pairs: str = ""  # pairs folder/file (PreferencePair records, e.g. a feedback run's pairs/)
+    prompts: str = ""  # the prompts file the pairs came from (resolves the images)
+    out: str = "runs/train"
+    beta: float = 0.1  # DPO temperature
+    nll_weight: float = 0.0  # weight of the per-token NLL on the chosen answer (paper: 0)
+    finetune: str = "lora"  # lora | full
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"  # all-linear (text decoder) or comma-separated names, e.g. q_proj,v_proj
+    merge_lora: bool = True  # LoRA checkpoints saved merged (plain transformers folders); False: adapter folders
+    freeze_vision: bool = True
+    lr: float = 1e-5
+    epochs: float = 4.0
+    batch_size: int = 8  # pairs per optimizer step (all processes together)
+    grad_accum: int = 1  # micro-batches per process per step
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    checkpoints_per_epoch: int = 4  # the paper selects among 1/4-epoch checkpoints
+    max_length: int = 0  # >0: pairs longer than this (prompt + answer tokens) are bad inputs, never truncated
+    ref_cache: str = ""  # folder of cached reference log-probs; empty: <out>/ref_cache
+    ref_batch_size: int = 16
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    on_error: str = "raise"  # raise | skip (bad pairs go to <out>/rejects.jsonl)
+    progress: bool = True
+
+
+def _schedule(total: int, warmup_ratio: float):
+    warm = max(1, int(round(warmup_ratio * total)))
+    return lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+
+
+def _save_points(steps_per_epoch: int, total: int, per_epoch: int) -> list[int]:
+    pts = {round(k * steps_per_epoch / per_epoch) for k in range(1, per_epoch * math.ceil(total / steps_per_epoch) + 1)}
+    return sorted({p for p in pts if 0 < p <= total} | {total})
+
+
+def _pair_logps(model, processor, examples: list[TrainExample]) -> tuple[torch.Tensor, ...]:
+    """Policy (chosen, rejected) summed answer log-probs and chosen token counts, one forward."""
+    images = [e.image for e in examples] * 2
+    questions = [e.pair.question for e in examples] * 2
+    answers = [e.pair.chosen for e in examples] + [e.pair.rejected for e in examples]
+    batch = collate(processor, images, questions, answers)
+    labels = batch.pop("labels")
+    dev = next(model.parameters()).device
+    out = model(**{k: v.to(dev) for k, v in batch.items()}, use_cache=False)
+    logps, ntok = sequence_logps(out.logits, labels.to(dev))
+    n = len(examples)
+    return logps[:n], logps[n:], ntok[:n]
+
+
+def _ref_tensors(examples: list[TrainExample], ref: dict[str, dict], dev) -> tuple[torch.Tensor, torch.Tensor]:
+    c = torch.tensor([ref[e.pair.id]["chosen_logp"] for e in examples], device=dev)
+    r = torch.tensor([ref[e.pair.id]["rejected_logp"] for e in examples], device=dev)
+    return c, r
+
+
+def micro_batches(batch: list[int], rank: int, world: int, accum: int) -> list[list[int]]:
+    """This process's share of a step's batch, in ``accum`` non-empty micro-batches."""
+    mine = batch[rank::world]
+    size = math.ceil(len(mine) / accum)
+    return [mine[i : i + size] for i in range(0, len(mine), size)]
+
+
+def _step(model, processor, examples: list[TrainExample], chunks: list[list[int]], ref: dict, cfg: DPOConfig,
+          global_size: int, world: int, accelerator) -> dict[str, float]:
+    """Forward/backward of this process's micro-batches; loss scaled so DDP's mean = the batch mean."""
+    stats = {"loss": 0.0, "dpo": 0.0, "nll": 0.0, "acc": 0.0, "margin": 0.0}
+    for j, idx in enumerate(chunks):
+        ex = [examples[i] for i in idx]
+        ctx = accelerator.no_sync(model) if j < len(chunks) - 1 else _null()
+        with ctx:
+            pc, pr, nt = _pair_logps(model, processor, ex)
+            rc, rr = _ref_tensors(ex, ref, pc.device)
+            out = dpo_loss(pc, pr, rc, rr, cfg.beta, chosen_tokens=nt, nll_weight=cfg.nll_weight)
+            if not torch.isfinite(out.loss):
+                raise TrainingError(f"non-finite loss {out.loss.item()} on pairs {[e.pair.id for e in ex]}")
+            accelerator.backward(out.loss * len(ex) / global_size * world)
+        w = len(ex) / global_size * world
+        stats["loss"] += out.loss.item() * w
+        stats["dpo"] += out.losses.mean().item() * w
+        stats["nll"] += out.nll.item() * w
+        stats["acc"] += (out.chosen_rewards > out.rejected_rewards).float().mean().item() * w
+        stats["margin"] += (out.chosen_rewards - out.rejected_rewards).mean().item() * w
+    return stats
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _load_resume(folder: Path, model, opt, sched) -> int:
+    """Restore the last checkpoint's training state; returns its step (0: start fresh)."""
+    state_file = folder / "state.json"
+    if not state_file.exists():
+        return 0
+    state = json.loads(state_file.read_text())
+    weights = torch.load(folder / "trainable.pt", weights_only=True)
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise TrainingError(f"{folder}: resume state does not fit the model (unknown parameters {missing[:3]})")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t)
+    opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+    return int(state["step"])
+
+
+def _save_resume(folder: Path, step: int, model, opt, sched) -> None:
+    """Atomically replace ``folder`` with the training state at ``step``."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(trainable_state(model), tmp / "trainable.pt")
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    rng = torch.get_rng_state().tolist()
+    (tmp / "state.json").write_text(json.dumps({"step": step, "scheduler": sched.state_dict(), "rng": rng}))
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _checkpoint(out: Path, step: int, spe: int, model, processor, opt, sched, cfg: DPOConfig, log: dict) -> Path:
+    """Write ``out/checkpoints/step-N`` (atomically), then the resume state pointing past it."""
+    final = out / "checkpoints" / f"step-{step:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, processor, tmp, cfg.merge_lora)
+    info = {"step": step, "epoch": round(step / spe, 4), "train": log, "base_model": cfg.model, "finetune": cfg.finetune}
+    (tmp / "checkpoint.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _save_resume(out / "resume", step, model, opt, sched)
+    return final
+
+
+def list_checkpoints(out: str | Path) -> list[Path]:
+    """Finished checkpoints of a training run, in step order."""
+    folder = Path(out) / "checkpoints"
+    return sorted(p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")) if folder.exists() else []
+
+
+def _reference(cfg: DPOConfig, pairs, prompts, base, rank: int, out: Path) -> dict[str, dict]:
+    """Cached reference log-probs: rank 0 computes them on a miss, the others wait, then all read."""
+    ref_name = cfg.ref_model or cfg.model
+    root = Path(cfg.ref_cache) if cfg.ref_cache else out / "ref_cache"
+
+    def load(name: str):
+        return load_vlm(name, cfg.device, cfg.dtype)
+
+    if rank == 0:
+        with progress_bar("reference log-probs", cfg.progress) as prog:
+            cached_reference_logps(ref_name, pairs, prompts, base, root, load, cfg.ref_batch_size, prog)
+    barrier()
+    ref, folder, hit = cached_reference_logps(ref_name, pairs, prompts, base, root, load, cfg.ref_batch_size)
+    if rank == 0:
+        (out / "ref_cache.json").write_text(json.dumps({"folder": str(folder), "ref_model": ref_name, "hit": hit}) + "\n")
+    return ref
+
+
+def _rank_fingerprints(out: Path, model, rank: int, world: int) -> list[str]:
+    """sha256 of each process's trainable weights; raises if data-parallel replicas differ."""
+    h = hashlib.sha256()
+    for name, t in sorted(trainable_state(model).items()):
+        h.update(name.encode())
+        h.update(t.float().numpy().tobytes())
+    folder = out / "ranks"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{rank}.txt").write_text(h.hexdigest())
+    barrier()
+    prints = [(folder / f"{r}.txt").read_text() for r in range(world)]
+    if len(set(prints)) > 1:
+        raise TrainingError(f"data-parallel replicas ended with different weights: {prints}")
+    return prints
+
+
+def train_dpo(cfg: DPOConfig, stop_after_step: int | None = None) -> dict[str, Any]:
+    """Run DPO (module docstring); returns a summary with the checkpoint folders and the log.
+
+    ``stop_after_step`` ends the run early after that step's checkpoint (as a kill would; the
+    same command continues it). Every process fingerprints its final trainable weights; rank 0
+    checks they agree (data parallel must keep the replicas identical).
+    """
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=cfg.device == "cpu")
+    rank, world = acc.process_index, acc.num_processes
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.pairs or not cfg.prompts:
+        raise ValueError("train needs `pairs` (a pairs folder/file) and `prompts` (the prompts file they came from)")
+    if rank == 0:
+        write_manifest(out, "train", asdict(cfg), {"seed": cfg.seed}, [cfg.pairs, cfg.prompts])
+    pairs, prompts, base = load_pairs(cfg.pairs, cfg.prompts)
+    torch.manual_seed(cfg.seed)
+    model, processor = load_vlm(cfg.model, str(acc.device), cfg.dtype)
+    examples = prepare_examples(pairs, prompts, base, processor, cfg.max_length, cfg.on_error, out if rank == 0 else None)
+    ref = _reference(cfg, [e.pair for e in examples], prompts, base, rank, out)
+    model = setup_trainable(model, cfg.finetune, cfg.freeze_vision, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    min_size = world * cfg.grad_accum
+    spe = len(epoch_batches(len(examples), cfg.batch_size, 0, cfg.seed, min_size))
+    if spe == 0:
+        raise ValueError(f"{len(examples)} pairs make no batch of >= {min_size} (processes x grad_accum)")
+    total = max(1, math.ceil(cfg.epochs * spe))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, cfg.warmup_ratio))
+    start = _load_resume(out / "resume", model, opt, sched)
+    model, opt = acc.prepare(model, opt)
+    model.train()
+    saves = _save_points(spe, total, cfg.checkpoints_per_epoch)
+    log_file = (out / "log.jsonl").open("a") if rank == 0 else None
+    t0, last = time.time(), {}
+    with progress_bar("dpo", cfg.progress and rank == 0) as prog:
+        for step in range(start, total):
+            epoch, k = divmod(step, spe)
+            batch = epoch_batches(len(examples), cfg.batch_size, epoch, cfg.seed, min_size)[k]
+            chunks = micro_batches(batch, rank, world, cfg.grad_accum)
+            last = _step(model, processor, examples, chunks, ref, cfg, len(batch), world, acc)
+            if cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            last = {"step": step + 1, "epoch": round((step + 1) / spe, 4), "lr": sched.get_last_lr()[0], **{k2: round(v, 6) for k2, v in last.items()}}
+            if log_file:
+                log_file.write(json.dumps(last) + "\n")
+                log_file.flush()
+            prog(step + 1, total, f"loss {last['loss']:.4f} acc {last['acc']:.2f}")
+            if step + 1 in saves:
+                if rank == 0:
+                    _checkpoint(out, step + 1, spe, acc.unwrap_model(model), processor, opt, sched, cfg, last)
+                barrier()
+            if stop_after_step is not None and step + 1 >= stop_after_step:
+                break
+    if log_file:
+        log_file.close()
+    fingerprints = _rank_fingerprints(out, acc.unwrap_model(model), rank, world)
+    summary = {"rank_weight_fingerprints": fingerprints, "pairs": len(examples), "steps": total, "steps_per_epoch": spe, "resumed_from": start,
+               "seconds": round(time.time() - t0, 2), "checkpoints": [str(p) for p in list_checkpoints(out)], "last": last}
+    if rank == 0:
+        (out / "train.json").write_text(json.dumps(summary, indent=2))
+    return summary
