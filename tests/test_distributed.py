@@ -7,6 +7,7 @@ gloo). ``--cpu`` is not used: accelerate starts a single process for it unless M
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 STAGES = ("candidates", "claims", "questions", "scores", "pairs")
@@ -85,3 +87,27 @@ def test_two_processes_write_what_one_process_writes(tiny_sandbox_model, tmp_pat
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "(rank" not in again.stdout
     assert _lines(multi) == want
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate not installed")
+def test_two_process_dpo_ends_with_identical_weights(tiny_sandbox_model, tmp_path):
+    """`accelerate launch` (2 CPU processes, gloo): data-parallel DPO keeps both replicas identical,
+    and matches one process on the same global batches up to float rounding."""
+    from test_train import _pairs_data, _weights
+
+    pairs, prompts = _pairs_data(tmp_path)
+    args = ["train", "--pairs", str(pairs), "--prompts", str(prompts), "--model", str(tiny_sandbox_model),
+            "--finetune", "full", "--epochs", "1", "--batch-size", "4", "--lr", "1e-3"]
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "rlaifv.cli"]
+    proc = subprocess.run(cmd + args + ["--out", str(tmp_path / "multi")], env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "multi" / "train.json").read_text())
+    prints = summary["rank_weight_fingerprints"]
+    assert len(prints) == 2 and prints[0] == prints[1]
+    subprocess.run([sys.executable, "-m", "rlaifv.cli"] + args + ["--out", str(tmp_path / "single")], env=_env(),
+                   check=True, capture_output=True, timeout=120)
+    a = _weights(tmp_path / "multi" / "checkpoints" / "step-000002")
+    b = _weights(tmp_path / "single" / "checkpoints" / "step-000002")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

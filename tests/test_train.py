@@ -138,3 +138,112 @@ def test_cached_reference_equals_training_forward(tmp_path, tiny_sandbox_model):
     rr = torch.tensor([cache[e.pair.id]["rejected_logp"] for e in examples])
     assert torch.allclose(pc, rc, atol=1e-4) and torch.allclose(pr, rr, atol=1e-4)
     assert dpo_loss(pc, pr, rc, rr).loss.item() == pytest.approx(math.log(2), abs=1e-5)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, tiny_sandbox_model):
+    from rlaifv.training.dpo import list_checkpoints, train_dpo
+
+    full = _cfg(tmp_path / "a", tiny_sandbox_model, epochs=2.0, checkpoints_per_epoch=2)
+    res = train_dpo(full)
+    assert res["steps"] == 8 and res["steps_per_epoch"] == 4
+    assert [p.name for p in list_checkpoints(full.out)] == ["step-000002", "step-000004", "step-000006", "step-000008"]
+    cut = _cfg(tmp_path / "b", tiny_sandbox_model, epochs=2.0, checkpoints_per_epoch=2)
+    first = train_dpo(cut, stop_after_step=2)  # as if killed after the first checkpoint (mid-epoch)
+    assert [p.name for p in list_checkpoints(cut.out)] == ["step-000002"]
+    second = train_dpo(cut)
+    assert first["resumed_from"] == 0 and second["resumed_from"] == 2
+    a, b = _weights(Path(full.out) / "checkpoints" / "step-000008"), _weights(Path(cut.out) / "checkpoints" / "step-000008")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert json.loads((Path(cut.out) / "ref_cache.json").read_text())["hit"] is True  # not recomputed on resume
+    log = [json.loads(line) for line in (Path(cut.out) / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 9))
+    assert log[0]["dpo"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
+
+
+def test_resume_refuses_another_config(tmp_path, tiny_sandbox_model):
+    from rlaifv.store import StoreError
+    from rlaifv.training.dpo import train_dpo
+
+    cfg = _cfg(tmp_path, tiny_sandbox_model)
+    train_dpo(cfg, stop_after_step=1)
+    cfg.lr = 5e-4
+    with pytest.raises(StoreError):
+        train_dpo(cfg)
+
+
+def test_lora_adapter_and_merged_checkpoints_load_with_plain_libraries(tmp_path, tiny_sandbox_model):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from rlaifv.training.dpo import list_checkpoints, train_dpo
+
+    merged = _cfg(tmp_path / "m", tiny_sandbox_model, finetune="lora", lora_r=4, lora_alpha=8, lr=1e-2)
+    train_dpo(merged)
+    ck = list_checkpoints(merged.out)[-1]
+    assert not (ck / "adapter_config.json").exists()
+    m = AutoModelForImageTextToText.from_pretrained(ck)
+    base = AutoModelForImageTextToText.from_pretrained(tiny_sandbox_model)
+    changed = [k for k, v in m.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert changed and all("vision" not in k and "connector" not in k and "lm_head" not in k for k in changed)
+    adapter = _cfg(tmp_path / "a", tiny_sandbox_model, finetune="lora", lora_r=4, lora_alpha=8, lr=1e-2, merge_lora=False,
+                   lora_targets="q_proj,v_proj")
+    train_dpo(adapter)
+    ck = list_checkpoints(adapter.out)[-1]
+    assert json.loads((ck / "adapter_config.json").read_text())["r"] == 4
+    peft_model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_sandbox_model), ck)
+    assert any("lora_A" in n for n, _ in peft_model.named_parameters())
+
+
+def test_full_finetune_freezes_the_vision_tower(tmp_path, tiny_sandbox_model):
+    from rlaifv.training.dpo import list_checkpoints, train_dpo
+
+    cfg = _cfg(tmp_path, tiny_sandbox_model)
+    train_dpo(cfg)
+    after, before = _weights(list_checkpoints(cfg.out)[-1]), _weights(tiny_sandbox_model)
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and not any("vision_model" in k for k in changed)
+    assert any("text_model" in k for k in changed)
+
+
+def test_bad_pairs_are_named_or_set_aside(tmp_path, tiny_sandbox_model):
+    from rlaifv.records import RecordError
+    from rlaifv.training.dpo import train_dpo
+
+    cfg = _cfg(tmp_path, tiny_sandbox_model, max_length=30)
+    with pytest.raises(RecordError, match=r"pair '.*'.*max_length 30"):
+        train_dpo(cfg)
+    pairs = list(read_records(Path(cfg.pairs), PreferencePair))
+    pairs[0].rejected = "  "
+    bad = tmp_path / "bad_pairs"
+    with RecordStore(bad, PreferencePair) as store:
+        store.write(pairs)
+    skip = _cfg(tmp_path / "skip", tiny_sandbox_model, on_error="skip")
+    skip.pairs = str(bad)
+    res = train_dpo(skip)
+    assert res["pairs"] == len(pairs) - 1
+    rejects = [json.loads(line) for line in (Path(skip.out) / "rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == 1 and "empty" in rejects[0]["reason"] and rejects[0]["id"] == pairs[0].id
+
+
+def test_train_cli_end_to_end(tmp_path, tiny_sandbox_model, rlaifv_bin):
+    pairs, prompts = _pairs_data(tmp_path)
+    out = tmp_path / "run"
+    cmd = rlaifv_bin + ["train", "--pairs", str(pairs), "--prompts", str(prompts), "--model", str(tiny_sandbox_model),
+                        "--out", str(out), "--finetune", "full", "--epochs", "1", "--batch-size", "4", "--lr", "1e-3"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": "200"})
+    assert res.returncode == 0, res.stderr
+    assert "reward acc" in res.stdout
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["steps"] == 2 and len(summary["checkpoints"]) == 2
+    bad = subprocess.run(rlaifv_bin + ["train", "--pairs", str(pairs), "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "prompts" in bad.stdout

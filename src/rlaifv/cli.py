@@ -364,6 +364,40 @@ def demo(
     sandbox_audit(run=out / "feedback", out=out / "feedback" / "audit.json")
 
 
+@app.command("train")
+def train_cmd(
+    config: Optional[Path] = typer.Option(None, help="YAML with DPOConfig fields."),
+    pairs: Optional[str] = typer.Option(None, help="Pairs folder/file (e.g. a feedback run's pairs/)."),
+    prompts: Optional[str] = typer.Option(None, help="The prompts file the pairs came from (images)."),
+    model: Optional[str] = typer.Option(None, help="Starting policy (folder or sandbox:policy)."),
+    ref_model: Optional[str] = typer.Option(None, help="Reference model (default: the starting policy)."),
+    out: Optional[str] = typer.Option(None, help="Run folder: checkpoints/, resume/, log.jsonl, train.json."),
+    finetune: Optional[str] = typer.Option(None, help="lora (default) | full."),
+    beta: Optional[float] = typer.Option(None, help="DPO beta (default 0.1)."),
+    nll_weight: Optional[float] = typer.Option(None, help="NLL weight on the chosen answer (default 0)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    epochs: Optional[float] = typer.Option(None, help="Epochs (fractions allowed)."),
+    batch_size: Optional[int] = typer.Option(None, help="Pairs per optimizer step (all processes)."),
+    seed: Optional[int] = typer.Option(None, help="Seed (data order, LoRA init)."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda."),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16."),
+    on_error: Optional[str] = typer.Option(None, help="raise | skip (bad pairs go to rejects.jsonl)."),
+) -> None:
+    """DPO on preference pairs with cached reference log-probs; rerun the same command to resume."""
+    from .config import load_config
+    from .training.dpo import DPOConfig, train_dpo
+
+    over = {"pairs": pairs, "prompts": prompts, "model": model, "ref_model": ref_model, "out": out, "finetune": finetune,
+            "beta": beta, "nll_weight": nll_weight, "lr": lr, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+            "device": device, "dtype": dtype, "on_error": on_error}
+    cfg = load_config(DPOConfig, config, over)
+    summary = train_dpo(cfg)
+    last = summary.get("last", {})
+    _metric_table(f"train -> {cfg.out}", [{"model": "value", "pairs": summary["pairs"], "steps": summary["steps"],
+                                            "loss": last.get("loss"), "reward acc": last.get("acc"),
+                                            "seconds": summary["seconds"], "checkpoints": len(summary["checkpoints"])}])
+
+
 def main() -> None:
     """Console-script entry point: user errors print one line and exit 2."""
     from .config import ConfigError

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..config import ConfigError
 from ..models.chat import collate
 from ..models.load import load_vlm
 from ..progress import progress_bar
@@ -251,8 +252,10 @@ def train_dpo(cfg: DPOConfig, stop_after_step: int | None = None) -> dict[str, A
     rank, world = acc.process_index, acc.num_processes
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.finetune not in ("full", "lora"):
+        raise ConfigError(f"finetune must be 'full' or 'lora', got {cfg.finetune!r}")
     if not cfg.pairs or not cfg.prompts:
-        raise ValueError("train needs `pairs` (a pairs folder/file) and `prompts` (the prompts file they came from)")
+        raise ConfigError("train needs `pairs` (a pairs folder/file) and `prompts` (the prompts file they came from)")
     if rank == 0:
         write_manifest(out, "train", asdict(cfg), {"seed": cfg.seed}, [cfg.pairs, cfg.prompts])
     pairs, prompts, base = load_pairs(cfg.pairs, cfg.prompts)
