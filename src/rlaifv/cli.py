@@ -398,6 +398,62 @@ def train_cmd(
                                             "seconds": summary["seconds"], "checkpoints": len(summary["checkpoints"])}])
 
 
+def _comma_list(value: Optional[str], flag: str, kind: type = str) -> Optional[list]:
+    """``"1,2,4"`` -> ``[1, 2, 4]`` (None stays None: the flag was not given)."""
+    if value is None:
+        return None
+    try:
+        return [kind(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError as e:
+        raise UserError(f"{flag}: expected comma-separated {kind.__name__} values, got {value!r}") from e
+
+
+@app.command("best-of-n")
+def best_of_n_cmd(
+    config: Optional[Path] = typer.Option(None, help="YAML with BestOfNConfig (sections: sample, divide, ask, conquer, sweep)."),
+    prompts: Optional[str] = typer.Option(None, help="Prompts file (JSONL/parquet of {prompt_id, question, image})."),
+    sandbox_prompts: Optional[int] = typer.Option(None, help="Instead of --prompts: N held-out sandbox describe prompts (test scenes)."),
+    out: Optional[str] = typer.Option(None, help="Run folder: results/ (one record per prompt), summary.json; sweep: seed-S/, sweep.{json,md,png}."),
+    policy: Optional[str] = typer.Option(None, help="Policy that samples the N candidates (default sandbox:policy)."),
+    aligned: Optional[str] = typer.Option(None, help="DPO-aligned reward model: checkpoint or LoRA adapter folder (default: the policy)."),
+    reference: Optional[str] = typer.Option(None, help="Reference model of the reward (default: the aligned LoRA adapter switched off)."),
+    labeler: Optional[str] = typer.Option(None, help="Labeler of the `labeler` scorer (default sandbox:labeler)."),
+    scorer: Optional[str] = typer.Option(None, help="rlaifv-reward (default) | dpo-reward | labeler | perplexity."),
+    also_score: Optional[str] = typer.Option(None, help="Further scorers to compute and record, comma-separated."),
+    n: Optional[int] = typer.Option(None, help="Candidates per prompt, N (default 8)."),
+    beta: Optional[float] = typer.Option(None, help="DPO beta of the reward (default 0.1; scales, never reorders)."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default 0.7)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Sampling budget per candidate (default 512)."),
+    seed: Optional[int] = typer.Option(None, help="Base seed of the per-candidate seeds."),
+    conquer_mode: Optional[str] = typer.Option(None, help="Labeler scorer: direct (default) | describe_then_match (sandbox-only stand-in)."),
+    on_error: Optional[str] = typer.Option(None, help="raise | skip (a bad prompt goes to rejects.jsonl)."),
+    sweep: bool = typer.Option(False, "--sweep", help="Sandbox measurement: sample max(N) once per seed, CHAIR/recall vs N per scorer."),
+    ns: Optional[str] = typer.Option(None, help="Sweep: N values, comma-separated (default 1,2,4,8,16,32)."),
+    seeds: Optional[str] = typer.Option(None, help="Sweep: sampling seeds, comma-separated (default 0,1,2)."),
+) -> None:
+    """Best-of-N: sample N answers per prompt, keep the best under the RLAIF-V reward (or another scorer)."""
+    from .config import load_config
+    from .stages.bestofn import BestOfNConfig, best_of_n_run
+
+    over = {"prompts": prompts, "sandbox_prompts": sandbox_prompts, "out": out, "aligned": aligned, "reference": reference,
+            "scorer": scorer, "also_score": _comma_list(also_score, "--also-score"), "beta": beta, "on_error": on_error,
+            "sample": _drop_none({"model": policy, "n": n, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}),
+            "conquer": _drop_none({"model": labeler, "mode": conquer_mode}),
+            "sweep": _drop_none({"ns": _comma_list(ns, "--ns", int), "seeds": _comma_list(seeds, "--seeds", int)})}
+    cfg = load_config(BestOfNConfig, config, over)
+    if sweep:
+        from .sandbox.bestofn_sweep import run_sweep
+
+        report = run_sweep(cfg)
+        if report:
+            console.print((Path(cfg.out) / "sweep.md").read_text())
+            console.print(f"wrote {cfg.out}/sweep.json, sweep.md, sweep.png ({report['prompts']} prompts, seeds {report['seeds']})")
+        return
+    summary = best_of_n_run(cfg)
+    if summary:
+        _metric_table(f"best-of-{cfg.sample.n} ({cfg.scorer}) -> {cfg.out}", [{"model": "value", **summary}])
+
+
 def main() -> None:
     """Console-script entry point: user errors print one line and exit 2."""
     from .config import ConfigError

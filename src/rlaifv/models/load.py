@@ -12,6 +12,14 @@ that subclass, since ``AutoProcessor`` cannot resolve it. Every other folder goe
 multimodal processor (e.g. a real Qwen2-VL checkpoint without torchvision, whose video
 processor cannot be built) and ``config.json``'s ``model_type`` is ``qwen2_vl`` /
 ``qwen2_5_vl``, the image-only subclass is used instead, with a warning.
+
+PEFT adapters (``load_vlm`` on a folder holding ``adapter_config.json``, e.g. a LoRA adapter
+saved by DPO training): the base model named by the adapter's ``base_model_name_or_path`` (a
+local folder, a path relative to the adapter folder, or a ``sandbox:NAME`` name) is loaded and
+wrapped in a ``peft.PeftModel``; only one model is in memory, and the base is available with
+the adapter switched off (``with model.disable_adapter():``), which is what best-of-N uses as
+the DPO reference. The processor comes from the adapter folder if it holds processor files,
+else from the base.
 """
 
 from __future__ import annotations
@@ -93,16 +101,86 @@ def load_processor(path: str | Path):
     return fallback.from_pretrained(path)
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def is_adapter(path: str | Path) -> bool:
+    """True for a PEFT adapter folder (it holds ``adapter_config.json``)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(path: str | Path) -> Path:
+    """The base model folder a PEFT adapter was trained on (``base_model_name_or_path``).
+
+    Accepts a ``sandbox:NAME`` name, an existing path, or a path relative to the adapter
+    folder; never downloads. Raises ``ModelLoadError`` naming the adapter otherwise.
+    """
+    path = Path(path)
+    base = _read_json(path / ADAPTER_CONFIG).get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(f"{path / ADAPTER_CONFIG}: no base_model_name_or_path; cannot tell which model the adapter belongs to")
+    if base.startswith("sandbox:"):
+        return resolve_model_path(base)
+    found = Path(base)
+    if not found.exists() and not found.is_absolute() and (path / base).exists():
+        found = path / base
+    if not found.exists():
+        raise ModelLoadError(f"{path}: base model {base!r} (adapter_config.json) is not a local folder "
+                             "(rlaifv never downloads weights; edit base_model_name_or_path to the base folder or sandbox:NAME)")
+    if is_adapter(found):
+        raise ModelLoadError(f"{path}: its base {found} is itself an adapter; merge it into a full checkpoint first")
+    return found
+
+
+def _has_processor(path: Path) -> bool:
+    return any((path / name).is_file() for name in _PROCESSOR_FILES)
+
+
+def _load_adapter(path: Path, dtype: torch.dtype):
+    """(PeftModel over the base model, processor) for an adapter folder (see the module docstring)."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    base = adapter_base(path)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
+        model = PeftModel.from_pretrained(model, path)
+        processor = load_processor(path if _has_processor(path) else base)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot load the adapter {path} over {base}: {e}") from e
+    return model, processor
+
+
 def load_vlm(name: str | Path, device: str = "cpu", dtype: str = "float32"):
-    """(model, processor) in eval mode on ``device`` with ``dtype`` (fp32 default; bf16 is a switch)."""
+    """(model, processor) in eval mode on ``device`` with ``dtype`` (fp32 default; bf16 is a switch).
+
+    A PEFT adapter folder gives a ``peft.PeftModel`` over its base (module docstring).
+    """
     from transformers import AutoModelForImageTextToText
 
     path = resolve_model_path(name)
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    if is_adapter(path):
+        model, processor = _load_adapter(path, DTYPES[dtype])
+        return model.to(device).eval(), processor
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
         processor = load_processor(path)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load a VLM from {path}: {e}") from e
     return model.to(device).eval(), processor
+
+
+def unwrap_peft(model):
+    """(the transformers model, the PeftModel around it or None).
+
+    LoRA layers live inside the transformers model, so calling it runs the adapter; the
+    PeftModel is needed only to switch the adapter off (``disable_adapter()``).
+    """
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.get_base_model(), model
+    return model, None
