@@ -350,18 +350,27 @@ def export_cmd(
 
 @app.command("demo")
 def demo(
-    n_scenes: int = typer.Option(200, help="Held-out sandbox scenes to evaluate on."),
-    n_prompts: int = typer.Option(50, help="Sandbox prompts for the feedback round."),
-    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its results."),
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its run (resumable)."),
+    iterations: int = typer.Option(4, help="Iterations of the loop."),
+    seed: int = typer.Option(0, help="Seed of sampling, training and selection."),
 ) -> None:
-    """The sandbox demo: measure the shipped policy and labeler, then one feedback round
-    (sample -> divide -> ask -> conquer -> pairs) checked against the ground truth."""
-    eval_cmd(model=["sandbox:policy", "sandbox:labeler"], n_scenes=n_scenes, split="test", seed=0, out=out / "eval.json",
-             device="cpu", dtype="float32", claim_mode=["direct", "describe_then_match"])
-    console.print("[bold]feedback round[/bold] (labeler: describe_then_match, the sandbox-only stand-in)")
-    feedback_cmd(config=None, prompts=None, sandbox_prompts=n_prompts, out=str(out / "feedback"), policy="sandbox:policy",
-                 labeler="sandbox:labeler", n=None, max_new_tokens=128, seed=None, conquer_mode="describe_then_match", on_error="skip")
-    sandbox_audit(run=out / "feedback", out=out / "feedback" / "audit.json")
+    """The sandbox demo: the shipped tiny policy aligned by the shipped labeler, 4 iterations of
+    sample -> divide -> ask -> conquer -> pairs -> DPO -> checkpoint selection, measured on
+    held-out test scenes after each iteration (table, report.md/json, report.png)."""
+    import time
+
+    from .stages.iterate import sandbox_preset
+
+    t0 = time.time()
+    cfg = sandbox_preset(str(out))
+    cfg.iterations = iterations
+    cfg.feedback.sample.seed = cfg.train.seed = cfg.selection.seed = seed
+    console.print("[bold]rlaifv demo[/bold]: labeler judges claims with describe_then_match (the sandbox-only stand-in)")
+    rows = _run_iterate(cfg)
+    if len(rows) > 1 and rows[0].get("chair_i"):
+        rel = 1 - rows[-1]["chair_i"] / rows[0]["chair_i"]
+        console.print(f"CHAIR_i {rows[0]['chair_i']:.3f} -> {rows[-1]['chair_i']:.3f} ({-rel:+.0%}), recall "
+                      f"{rows[0]['recall']:.3f} -> {rows[-1]['recall']:.3f}; demo wall time {time.time() - t0:.0f} s")
 
 
 @app.command("train")
@@ -452,6 +461,47 @@ def best_of_n_cmd(
     summary = best_of_n_run(cfg)
     if summary:
         _metric_table(f"best-of-{cfg.sample.n} ({cfg.scorer}) -> {cfg.out}", [{"model": "value", **summary}])
+
+
+@app.command("iterate")
+def iterate_cmd(
+    config: Optional[Path] = typer.Option(None, help="YAML with IterateConfig (top-level fields + feedback, train, selection sections)."),
+    preset: Optional[str] = typer.Option(None, help="Start from a preset: 'sandbox' (the demo's recipe)."),
+    out: Optional[str] = typer.Option(None, help="Run folder (iter-1/, iter-2/, ..., report.md/json/png)."),
+    iterations: Optional[int] = typer.Option(None, help="Number of iterations (default 4)."),
+    policy: Optional[str] = typer.Option(None, help="Starting policy (folder or sandbox:policy)."),
+    labeler: Optional[str] = typer.Option(None, help="Labeler model, or 'self' (the current policy labels its own answers)."),
+    prompts: Optional[str] = typer.Option(None, help="Prompts file (JSONL/parquet)."),
+    sandbox_prompts: Optional[int] = typer.Option(None, help="Instead of --prompts: N fresh sandbox prompts per iteration."),
+    seed: Optional[int] = typer.Option(None, help="Seed of sampling and training."),
+) -> None:
+    """Iterative alignment: k x (sample -> divide -> ask -> conquer -> pairs -> DPO -> select); resumable."""
+    from .config import load_config
+    from .stages.iterate import IterateConfig, iterate, sandbox_preset
+
+    if preset not in (None, "sandbox"):
+        raise UserError(f"unknown preset {preset!r}; available: sandbox")
+    over = {"out": out, "iterations": iterations, "policy": policy, "labeler": labeler, "prompts": prompts,
+            "sandbox_prompts": sandbox_prompts}
+    if seed is not None:
+        over.update(feedback={"sample": {"seed": seed}}, train={"seed": seed}, selection={"seed": seed})
+    cfg = load_config(IterateConfig, config, over, base=sandbox_preset() if preset == "sandbox" else None)
+    _run_iterate(cfg)
+
+
+def _run_iterate(cfg) -> list[dict]:
+    """Run ``iterate`` printing the per-iteration table after each iteration."""
+    from .eval.iterations import COLUMNS
+    from .eval.report import print_table
+    from .stages.iterate import iterate
+
+    def show(rows: list[dict]) -> None:
+        print_table(f"iterations -> {cfg.out}", [{t: r.get(k) for k, t in COLUMNS} for r in rows], console=console)
+
+    rows = iterate(cfg, on_row=show, on_stage=lambda s: console.print(f"[bold cyan]{s}[/bold cyan]"))
+    if rows:
+        console.print(f"report: {Path(cfg.out) / 'report.md'}, {Path(cfg.out) / 'report.json'}, {Path(cfg.out) / 'report.png'}")
+    return rows
 
 
 def main() -> None:

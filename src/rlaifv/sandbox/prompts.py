@@ -17,21 +17,23 @@ from .render import render
 from .tasks import DESCRIBE_PROMPT
 
 
-def sandbox_prompts(n: int, split: str = "val", world: WorldConfig | None = None, question: str = DESCRIBE_PROMPT) -> list[tuple[Prompt, Scene]]:
-    """``n`` describe prompts over held-out scenes (image paths are relative: ``images/<id>.png``)."""
-    scenes = World(world or WorldConfig()).scenes(n, split)
+def sandbox_prompts(n: int, split: str = "val", world: WorldConfig | None = None, question: str = DESCRIBE_PROMPT,
+                    start: int = 0) -> list[tuple[Prompt, Scene]]:
+    """``n`` describe prompts over held-out scenes ``start..start+n`` of ``split`` (image paths are
+    relative: ``images/<id>.png``)."""
+    scenes = World(world or WorldConfig()).scenes(n, split, start)
     return [
         (Prompt(prompt_id=s.scene_id, question=question, image=f"images/{s.scene_id}.png", metadata={"scene": s.to_dict(), "source": "sandbox"}), s)
         for s in scenes
     ]
 
 
-def write_sandbox_prompts(out_dir: str | Path, n: int, split: str = "val", world: WorldConfig | None = None) -> Path:
+def write_sandbox_prompts(out_dir: str | Path, n: int, split: str = "val", world: WorldConfig | None = None, start: int = 0) -> Path:
     """Render the scenes and write ``out_dir/prompts.jsonl``; returns its path. Idempotent."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     world = world or WorldConfig()
-    pairs = sandbox_prompts(n, split, world)
+    pairs = sandbox_prompts(n, split, world, start=start)
     for prompt, scene in pairs:
         path = out / str(prompt.image)
         if not path.exists():

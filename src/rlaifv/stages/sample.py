@@ -41,12 +41,21 @@ class SampleConfig:
     share_prefill: bool = True  # encode each prompt once (False: duplicate it n times; for benchmarks)
     device: str = "cpu"
     dtype: str = "float32"
+    #: ablation only (RLAIF-V Table 4, "deconfounded"): candidate k of a prompt samples at
+    #: confounded_temperatures[k % len], so candidates differ in style as well as trustworthiness
+    confounded_temperatures: tuple[float, ...] = ()
 
 
 def candidate_seed(base: int, prompt_id: str, index: int) -> int:
     """A stable 63-bit seed per candidate, independent of batching and prompt order."""
     h = hashlib.sha256(f"{base}:{prompt_id}:{index}".encode()).digest()
     return int.from_bytes(h[:8], "big") & ((1 << 63) - 1)
+
+
+def candidate_temperature(cfg: SampleConfig, k: int) -> float:
+    """Candidate k's temperature: the same for all (deconfounded) unless the ablation list is set."""
+    temps = cfg.confounded_temperatures
+    return float(temps[k % len(temps)]) if temps else cfg.temperature
 
 
 class SeededSampler(LogitsProcessor):
@@ -56,17 +65,18 @@ class SeededSampler(LogitsProcessor):
     picks exactly the token this row's own generator drew.
     """
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
-        if temperature <= 0:
-            raise ValueError("temperature must be > 0 for sampling")
+    def __init__(self, seeds: Sequence[int], temperature: float | Sequence[float], top_p: float) -> None:
+        temps = [float(temperature)] * len(seeds) if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
+        if len(temps) != len(seeds) or min(temps, default=1.0) <= 0:
+            raise ValueError("sampling needs one temperature > 0 per row (or one for all)")
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-        self.temperature = temperature
+        self.temperature = torch.tensor(temps).unsqueeze(1)
         self.top_p = top_p
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if not torch.isfinite(scores).any(dim=-1).all():
             raise FloatingPointError("sampling: a row has no finite logit")
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        probs = torch.softmax(scores.float() / self.temperature.to(scores.device), dim=-1)
         if self.top_p < 1.0:
             probs = _top_p(probs, self.top_p)
         picks = [torch.multinomial(probs[r].cpu(), 1, generator=g) for r, g in enumerate(self.generators)]
@@ -103,7 +113,8 @@ def generate_candidates(
     batch = {k: v.to(model.device) for k, v in batch.items()}
     ids, mask = batch["input_ids"], batch["attention_mask"]
     flat_seeds = [s for row in seeds for s in row]
-    sampler = LogitsProcessorList([SeededSampler(flat_seeds, cfg.temperature, cfg.top_p)])
+    temps = [candidate_temperature(cfg, k) for _ in seeds for k in range(n)]
+    sampler = LogitsProcessorList([SeededSampler(flat_seeds, temps, cfg.top_p)])
     tok = processor.tokenizer
     kw = dict(do_sample=False, max_new_tokens=cfg.max_new_tokens, logits_processor=sampler, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     if cfg.share_prefill:
@@ -127,9 +138,11 @@ def sample(model, processor, prompts: Sequence[Prompt], images: Sequence[Image.I
     """n candidates for each prompt (a pure function of model, prompts, images and cfg)."""
     seeds = [[candidate_seed(cfg.seed, p.prompt_id, k) for k in range(cfg.n)] for p in prompts]
     texts = generate_candidates(model, processor, images, [p.question for p in prompts], seeds, cfg)
-    decoding = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "do_sample": True}
+    def decoding(k: int) -> dict:
+        return {"temperature": candidate_temperature(cfg, k), "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "do_sample": True}
+
     return [
-        Candidate(prompt_id=p.prompt_id, sample_index=k, seed=seeds[i][k], text=texts[i][k], decoding=decoding, model=model_name)
+        Candidate(prompt_id=p.prompt_id, sample_index=k, seed=seeds[i][k], text=texts[i][k], decoding=decoding(k), model=model_name)
         for i, p in enumerate(prompts)
         for k in range(cfg.n)
     ]
