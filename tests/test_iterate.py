@@ -82,3 +82,17 @@ def test_iterate_cli_runs_resumes_and_reports(tmp_path, rlaifv_bin):
     assert "| iteration | CHAIR_s |" in (run / "report.md").read_text()
     assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "CHAIR_i" in second.stdout
+
+
+def test_summarize_runs_by_hand(tmp_path):
+    from rlaifv.eval.iterations import summarize, summary_markdown
+
+    for name, ci in (("a", [0.3, 0.2]), ("b", [0.5, 0.1])):
+        (tmp_path / name).mkdir()
+        rows = [{"iteration": i, "chair_i": v, "recall": 0.8, "pairs": None if i == 0 else 10 * (i + 1)} for i, v in enumerate(ci)]
+        (tmp_path / name / "report.json").write_text(json.dumps(rows))
+    s = summarize([tmp_path / "a", tmp_path / "b"])
+    assert s[0]["chair_i"] == pytest.approx(0.4) and s[0]["chair_i_std"] == pytest.approx(0.1414213, abs=1e-6)
+    assert s[1]["chair_i"] == pytest.approx(0.15) and "pairs" not in s[0] and s[1]["pairs"] == 20
+    md = summary_markdown(s)
+    assert "| 0 | - | 0.400 ± 0.141 | 0.800 ± 0.000 |" in md

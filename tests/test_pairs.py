@@ -230,3 +230,19 @@ def test_config_validation():
     for bad in ({"scoring": "votes"}, {"max_pairs_per_prompt": 0}, {"min_score_gap": 0}):
         with pytest.raises(ConfigError):
             PairsConfig(**bad)
+
+
+def test_keep_support_drops_pairs_that_win_by_saying_less():
+    def cand(k: int, verdicts: list[bool]) -> ScoredCandidate:  # verdicts: True = rejected claim
+        return ScoredCandidate(candidate_id=f"p#{k}", prompt_id="p", text=f"answer {k}", claims=[f"c{i}" for i in range(len(verdicts))],
+                               rejected=verdicts, score=-float(sum(verdicts)))
+
+    # accepted / rejected claims: #0 3/0, #1 3/1, #2 1/0 (says less), #3 3/2
+    group = [cand(0, [False] * 3), cand(1, [False] * 3 + [True]), cand(2, [False]), cand(3, [False] * 3 + [True] * 2)]
+    cfg = PairsConfig(max_pairs_per_prompt=None, length_balance=False, keep_support=True)
+    pairs, stats = make_pairs(group, {"p": prompt()}, cfg)
+    # by score: 0>1, 0>3, 1>3, 2>1, 2>3 (0~2 tie); 2>1 and 2>3 win with 1 accepted claim against 3
+    assert sorted((p.chosen_id, p.rejected_id) for p in pairs) == [("p#0", "p#1"), ("p#0", "p#3"), ("p#1", "p#3")]
+    assert stats["dropped_less_support"] == 2
+    plain, _ = make_pairs(group, {"p": prompt()}, NO_CAP_NO_BALANCE)
+    assert len(plain) == 5

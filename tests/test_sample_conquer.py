@@ -64,6 +64,19 @@ def test_sample_records(model_proc):
     assert cands[1].seed == candidate_seed(0, "x", 1)
 
 
+def test_confounded_temperatures_ablation(model_proc):
+    """Candidate k samples at temps[k % len]; each equals a deconfounded run at its temperature."""
+    m, p = model_proc
+    prompts, imgs = [Prompt("x", "Describe the image in detail.", image="x.png")], [render(World().scene(0))]
+    mixed = sample(m, p, prompts, imgs, SampleConfig(n=4, max_new_tokens=10, confounded_temperatures=(0.3, 1.5)))
+    assert [c.decoding["temperature"] for c in mixed] == [0.3, 1.5, 0.3, 1.5]
+    cold = sample(m, p, prompts, imgs, SampleConfig(n=4, max_new_tokens=10, temperature=0.3))
+    hot = sample(m, p, prompts, imgs, SampleConfig(n=4, max_new_tokens=10, temperature=1.5))
+    assert [c.text for c in mixed] == [cold[0].text, hot[1].text, cold[2].text, hot[3].text]
+    with pytest.raises(ValueError, match="temperature"):
+        SeededSampler([1, 2], [0.5], 1.0)
+
+
 def _groups():
     imgs = [render(World().scene(i, "val")) for i in range(2)]
     qs = [["Is there a star in the image? Please answer yes or no.", "Is there a large red circle at the top left? Please answer yes or no."],
@@ -112,6 +125,10 @@ def test_describe_then_match_by_hand(monkeypatch):
           PolarQuestion("p#0/1", "There is a small blue star at the top left.", "q"),   # wrong cell
           PolarQuestion("p#0/2", "There is a blue star.", "q"),                        # unstated attributes are fine
           PolarQuestion("p#0/3", "There is a green square in the center.", "q"),       # absent
-          PolarQuestion("p#0/4", "The sky is blue.", "q")]                              # unparsable: rejected
+          PolarQuestion("p#0/4", "The sky is blue.", "q"),                              # unparsable: rejected
+          # holistic ablation: the whole answer is accepted iff every object in it matches
+          PolarQuestion("p#1/holistic", "There is a red circle. There is a small blue star in the center.", "q"),
+          PolarQuestion("p#2/holistic", "There is a red circle. There is a green square.", "q"),
+          PolarQuestion("p#3/holistic", "Nothing to see.", "q")]
     out = C.conquer(None, type("P", (), {"tokenizer": None})(), [(None, qs)], ConquerConfig(mode="describe_then_match"))
-    assert [s.accepted for s in out] == [True, False, True, False, False]
+    assert [s.accepted for s in out] == [True, False, True, False, False, True, False, False]

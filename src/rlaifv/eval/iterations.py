@@ -58,3 +58,48 @@ def write_report(rows: Sequence[dict[str, Any]], out: Path) -> dict[str, Path]:
     paths = {"json": write_json(out / "report.json", list(rows)), "md": md}
     paths["png"] = plot(rows, out / "report.png")
     return paths
+
+
+def summarize(runs: Sequence[Path], keys: Sequence[str] = ("chair_s", "chair_i", "recall", "pope_f1", "avg_length", "pairs", "seconds")) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation over several runs' ``report.json``, per iteration.
+
+    Rows: ``{"iteration": i, "runs": n, "<key>": mean, "<key>_std": std}`` for iterations that
+    every run has.
+    """
+    import json
+    import statistics
+
+    reports = [json.loads((Path(r) / "report.json").read_text()) for r in runs]
+    if not reports:
+        raise ValueError("no runs to summarize")
+    n_iter = min(len(r) for r in reports)
+    out: list[dict[str, Any]] = []
+    for i in range(n_iter):
+        row: dict[str, Any] = {"iteration": reports[0][i]["iteration"], "runs": len(reports)}
+        for k in keys:
+            vals = [r[i].get(k) for r in reports if r[i].get(k) is not None]
+            if vals:
+                row[k] = statistics.fmean(vals)
+                row[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(row)
+    return out
+
+
+def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The summary as Markdown: mean ± std per column."""
+    cols = [(k, t) for k, t in COLUMNS if k != "iteration"]
+    head = "| iteration | " + " | ".join(t for _, t in cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
+
+    def cell(r: dict[str, Any], k: str) -> str:
+        if k not in r:
+            return "-"
+        digits = 1 if k in ("pairs", "seconds", "avg_length") else 3
+        return f"{r[k]:.{digits}f} ± {r[k + '_std']:.{digits}f}"
+
+    return head + "".join(f"| {r['iteration']} | " + " | ".join(cell(r, k) for k, _ in cols) + " |\n" for r in rows)
+
+
+if __name__ == "__main__":  # python -m rlaifv.eval.iterations RUN [RUN ...]
+    import sys
+
+    print(summary_markdown(summarize([Path(a) for a in sys.argv[1:]])), end="")

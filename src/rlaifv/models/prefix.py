@@ -182,7 +182,7 @@ def encode_prefix(model, prefix_inputs: Mapping[str, torch.Tensor]) -> EncodedPr
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kw["logits_to_keep"] = 1
     out = model(**kw, use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache
     if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer for layer in cache.layers):
         kinds = sorted({type(layer).__name__ for layer in getattr(cache, "layers", [])})
         raise NotImplementedError(
@@ -230,7 +230,7 @@ def _suffix_batch_logits(model, enc: EncodedPrefix, batch: Sequence[Sequence[int
         input_ids=ids.to(dev),
         attention_mask=mask.to(dev),
         position_ids=positions.to(dev),
-        past_key_values=expand_cache(enc.cache, len(batch)),
+        cache=expand_cache(enc.cache, len(batch)),
         use_cache=True,
     )
     return out.logits.float()

@@ -15,7 +15,9 @@ Deviation switches, off by default:
 * ``mode='describe_then_match'``: a **sandbox-only stand-in** that needs no yes/no skill: the
   labeler writes its own description, and a claim is accepted iff the sandbox parser finds the
   claimed object with the same stated attributes in it (p_yes = 1 or 0). The labeler's errors
-  are then its perception errors only. Used where the sandbox labeler's yes/no answers are not
+  are then its perception errors only. For the holistic ablation (claim ids ending in
+  ``/holistic``: the whole answer is the claim) the answer is accepted iff every object it
+  mentions matches. Used where the sandbox labeler's yes/no answers are not
   good enough (see RESULTS.md); never for real data.
 """
 
@@ -119,8 +121,12 @@ def _describe_then_match(model, processor, groups, cfg: ConquerConfig) -> list[C
     for (_, questions), text in zip(groups, texts):
         seen = parse_answer(text).mentions
         for q in questions:
-            ok, claim = parse_sentence(q.claim)
-            found = ok and claim is not None and any(_same(claim, m) for m in seen)
+            if q.claim_id.endswith("/holistic"):  # the holistic ablation: the whole answer, every object must match
+                claimed = parse_answer(q.claim).mentions
+                found = bool(claimed) and all(any(_same(c, m) for m in seen) for c in claimed)
+            else:
+                ok, claim = parse_sentence(q.claim)
+                found = ok and claim is not None and any(_same(claim, m) for m in seen)
             out.append(ClaimScore(claim_id=q.claim_id, question=q.question, p_yes=1.0 if found else 0.0, p_no=0.0 if found else 1.0))
     return out
 

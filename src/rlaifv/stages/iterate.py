@@ -105,14 +105,15 @@ def _selection(cfg: IterateConfig) -> SelectionConfig:
     return cfg.selection
 
 
-def _start_metrics(cfg: IterateConfig, policy: str, folder: Path) -> dict[str, float] | None:
-    """The starting policy's selection metrics (sandbox: the recall floor), cached per iteration."""
+def _start_metrics(cfg: IterateConfig) -> dict[str, float] | None:
+    """The run's starting policy's selection metrics (sandbox: the recall floor of every
+    iteration, so recall cannot erode step by step), cached in ``out/start_metrics.json``."""
     if cfg.selection.kind != "sandbox":
         return None
-    path = folder / "start_metrics.json"
+    path = Path(cfg.out) / "start_metrics.json"
     if path.exists():
         return json.loads(path.read_text())
-    m = sandbox_metrics(policy, cfg.selection.n_scenes, cfg.selection.seed, cfg.train.device, cfg.train.dtype)
+    m = sandbox_metrics(cfg.policy, cfg.selection.n_scenes, cfg.selection.seed, cfg.train.device, cfg.train.dtype)
     write_json(path, m)
     return m
 
@@ -138,7 +139,7 @@ def run_iteration(cfg: IterateConfig, it: int, policy: str, on_stage: Callable[[
     on_stage(f"iteration {it}: DPO on {n_pairs} pairs")
     train_dpo(tr)
     on_stage(f"iteration {it}: checkpoint selection ({cfg.selection.kind})")
-    start = _start_metrics(cfg, policy, d)
+    start = _start_metrics(cfg)
     sel = select_checkpoint([str(p.resolve()) for p in list_checkpoints(tr.out)], start, cfg.selection, d / "selection.json")
     row: dict[str, Any] = {"iteration": it}
     if cfg.report_scenes > 0:
@@ -184,12 +185,17 @@ def sandbox_preset(out: str = "runs/iterate") -> IterateConfig:
     """The sandbox recipe ``rlaifv demo`` runs (sandbox-notes.md: DPO + NLL 1, lr 1e-4, batch 16).
 
     The labeler judges claims with ``describe_then_match``, the sandbox-only stand-in (the tiny
-    labeler's direct yes/no is at chance; RESULTS.md).
+    labeler's direct yes/no is at chance; RESULTS.md). Pairs: no length balancing, which in the
+    sandbox drops most object-hallucination pairs (a hallucination is an extra sentence), and
+    ``keep_support`` instead (no pair whose chosen answer wins by stating fewer accepted claims);
+    measured side by side in RESULTS.md.
     """
     cfg = IterateConfig(out=out, sandbox_prompts=200, report_scenes=200)
     cfg.feedback.sample.max_new_tokens = 128
     cfg.feedback.conquer.mode = "describe_then_match"
     cfg.feedback.on_error = "skip"
+    cfg.feedback.pairs.length_balance = False
+    cfg.feedback.pairs.keep_support = True
     cfg.train = replace(cfg.train, finetune="full", lr=1e-4, epochs=3.0, batch_size=16, nll_weight=1.0, warmup_ratio=0.1,
                         checkpoints_per_epoch=1)
     cfg.selection.n_scenes = 100

@@ -56,6 +56,12 @@ class PairsConfig:
     ``min_score_gap``: claims scoring keeps a pair iff |score gap| >= this (reference: 1).
     ``length_balance``: run the length-balancing pass (``get_pairs_filter_shorten.py``).
     ``seed``: with the prompt id, seeds the per-prompt choice of pairs under the cap.
+    ``keep_support`` (not in the paper; off by default): with claims scoring, drop a pair whose
+    chosen answer has fewer *accepted* claims than the rejected one, i.e. wins only by saying
+    less. -#rejected rewards omission; the reference counters that with length balancing,
+    which also drops pairs whose chosen answer is shorter because it left a hallucination out
+    (in the sandbox, most object-hallucination pairs). This filter uses the claim verdicts the
+    method already has, and is used with ``length_balance: false`` (RESULTS.md).
     ``scoring``: "claims" (divide-and-conquer, the method) or "holistic" (the ablation baseline:
     one yes/no question on the whole answer; there any non-zero gap pairs and
     ``min_score_gap`` is not used).
@@ -64,6 +70,7 @@ class PairsConfig:
     max_pairs_per_prompt: int | None = 2
     min_score_gap: float = 1.0
     length_balance: bool = True
+    keep_support: bool = False
     seed: int = 0
     scoring: Literal["claims", "holistic"] = "claims"
 
@@ -223,8 +230,16 @@ def _enumerate(group: Sequence[ScoredCandidate], cfg: PairsConfig,
         if chosen.text.strip() == rejected.text.strip():
             counts["dropped_identical"] += 1
             continue
+        if cfg.keep_support and cfg.scoring == "claims" and _accepted(chosen) < _accepted(rejected):
+            counts["dropped_less_support"] += 1
+            continue
         out.append((chosen, rejected))
     return out
+
+
+def _accepted(sc: ScoredCandidate) -> int:
+    """Number of the candidate's claims the labeler accepted."""
+    return len(sc.rejected) - sum(sc.rejected)
 
 
 def _cap(pairs: list[Any], prompt_id: str, cfg: PairsConfig) -> list[Any]:
@@ -334,7 +349,7 @@ def make_pairs(scored: Sequence[ScoredCandidate], prompts: Mapping[str, Prompt],
     """
     cfg = cfg or PairsConfig()
     groups = _group(scored, prompts)
-    counts = {"combinations": 0, "dropped_tie": 0, "dropped_gap": 0, "dropped_identical": 0}
+    counts = {"combinations": 0, "dropped_tie": 0, "dropped_gap": 0, "dropped_identical": 0, "dropped_less_support": 0}
     before_cap = after_cap = 0
     pairs: list[PreferencePair] = []
     for prompt_id, group in groups.items():

@@ -121,10 +121,10 @@ def generate_candidates(
         # Per-token inputs (Qwen's mm_token_type_ids) are cut like input_ids; image tensors are whole.
         pre = {k: (v[:, :-1] if k in _TEXT_KEYS else v) for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
         out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **pre)
-        cache = out.past_key_values
+        cache = out.cache
         cache.batch_repeat_interleave(n)
         _repeat_model_state(model, n)
-        gen = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0), past_key_values=cache, **kw)
+        gen = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0), cache=cache, **kw)
     else:
         # Re-collate n copies of each prompt: repeating tensors row-wise would scramble inputs whose
         # first dimension is not the batch (Qwen2-VL's pixel_values are flat patch rows).

@@ -4,8 +4,8 @@ The paper selects the best 1/4-epoch checkpoint on Object HalBench + MMHal-Bench
 (rlaif-v-method.md, Sec. 2, "Iteration"). Here:
 
 * ``kind='sandbox'`` (default): sampled CHAIR_i on ``n_scenes`` held-out *val* scenes (exact
-  ground truth), among checkpoints whose object recall is at least the iteration's starting
-  policy's recall minus ``recall_tolerance`` (hallucination must not be bought with silence);
+  ground truth), among checkpoints whose object recall is at least the run's starting policy's
+  recall minus ``recall_tolerance`` (hallucination must not be bought with silence);
   if none qualifies, the one with the highest recall.
 * ``kind='command'``: a user command per checkpoint (``{checkpoint}`` is replaced by its folder)
   whose last stdout line is a number; lower is better unless ``maximize``. This is how real
@@ -33,7 +33,7 @@ class SelectionConfig:
 
     kind: str = "sandbox"  # sandbox | command | last
     n_scenes: int = 100  # sandbox: val scenes per checkpoint
-    recall_tolerance: float = 0.03  # sandbox: recall may drop at most this much below the starting policy's
+    recall_tolerance: float = 0.03  # sandbox: recall may drop at most this much below the run's starting policy's
     command: str = ""  # command: shell command with {checkpoint}; prints the score on its last stdout line
     maximize: bool = False  # command: higher score is better
     seed: int = 0
