@@ -25,7 +25,7 @@ from rlaifv.models.load import load_vlm
 from rlaifv.records import PreferencePair, Prompt
 from rlaifv.sandbox.prompts import write_sandbox_prompts
 from rlaifv.sandbox.tasks import sentence
-from rlaifv.sandbox.world import World, WorldConfig
+from rlaifv.sandbox.world import WorldConfig
 from rlaifv.store import read_records
 from rlaifv.training.data import prepare_examples
 from rlaifv.training.dpo import _pair_logps

@@ -477,7 +477,7 @@ def iterate_cmd(
 ) -> None:
     """Iterative alignment: k x (sample -> divide -> ask -> conquer -> pairs -> DPO -> select); resumable."""
     from .config import load_config
-    from .stages.iterate import IterateConfig, iterate, sandbox_preset
+    from .stages.iterate import IterateConfig, sandbox_preset
 
     if preset not in (None, "sandbox"):
         raise UserError(f"unknown preset {preset!r}; available: sandbox")

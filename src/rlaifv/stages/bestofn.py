@@ -47,12 +47,12 @@ from ..models.answers import answer_logprobs
 from ..models.chat import answer_ids
 from ..models.load import load_vlm, unwrap_peft
 from ..records import Candidate, Prompt, Record, RecordError
-from ..runner import barrier, local_device, rank_and_world
+from ..runner import local_device, rank_and_world
 from ..store import read_records
 from .ask import AskConfig, ask
 from .conquer import ConquerConfig, conquer
 from .divide import DivideConfig, divide
-from .feedback import _run, prompt_of_claim
+from .feedback import _run, prompt_of_claim, prompts_file
 from .llm import build_chat_lm
 from .sample import SampleConfig, sample
 
@@ -407,17 +407,7 @@ def stage_config(cfg: BestOfNConfig) -> dict[str, Any]:
 
 def load_prompts(cfg: BestOfNConfig) -> tuple[list[Prompt], Path]:
     """(prompts, prompts file): ``cfg.prompts``, or ``cfg.sandbox_prompts`` scenes written to out/prompts."""
-    if cfg.prompts:
-        path = Path(cfg.prompts)
-    elif cfg.sandbox_prompts > 0:
-        from ..sandbox.prompts import write_sandbox_prompts
-
-        path = Path(cfg.out) / "prompts" / "prompts.jsonl"
-        if rank_and_world()[0] == 0:  # one writer; the other processes wait, then read it
-            path = write_sandbox_prompts(path.parent, cfg.sandbox_prompts, split=cfg.sandbox_split)
-        barrier()
-    else:
-        raise ConfigError("no prompts: give `prompts` (a JSONL/parquet file) or `sandbox_prompts` > 0")
+    path = prompts_file(cfg.prompts, cfg.sandbox_prompts, cfg.out, cfg.sandbox_split)
     return list(read_records(path, Prompt)), path
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..config import ConfigError
 from ..images import load_image
 from ..models.load import load_vlm
 from ..records import Candidate, Claim, ClaimScore, PolarQuestion, PreferencePair, Prompt, Record
@@ -53,18 +54,24 @@ class FeedbackConfig:
     pairs: PairsConfig = field(default_factory=PairsConfig)
 
 
-def _prompts(cfg: FeedbackConfig) -> tuple[list[Prompt], Path]:
-    if cfg.prompts:
-        path = Path(cfg.prompts)
-    elif cfg.sandbox_prompts > 0:
+def prompts_file(prompts: str, sandbox_prompts: int, out: str | Path, split: str = "val") -> Path:
+    """The prompts file: ``prompts`` itself, or ``sandbox_prompts`` held-out sandbox scenes written
+    (by rank 0; the other processes wait) to ``out/prompts/prompts.jsonl``."""
+    if prompts:
+        return Path(prompts)
+    if sandbox_prompts > 0:
         from ..sandbox.prompts import write_sandbox_prompts
 
-        path = Path(cfg.out) / "prompts" / "prompts.jsonl"
-        if rank_and_world()[0] == 0:  # one writer; the other processes wait, then read it
-            path = write_sandbox_prompts(path.parent, cfg.sandbox_prompts)
+        path = Path(out) / "prompts" / "prompts.jsonl"
+        if rank_and_world()[0] == 0:
+            path = write_sandbox_prompts(path.parent, sandbox_prompts, split=split)
         barrier()
-    else:
-        raise ValueError("no prompts: give `prompts` (a JSONL/parquet file) or `sandbox_prompts` > 0")
+        return path
+    raise ConfigError("no prompts: give `prompts` (a JSONL/parquet file) or `sandbox_prompts` > 0")
+
+
+def _prompts(cfg: FeedbackConfig) -> tuple[list[Prompt], Path]:
+    path = prompts_file(cfg.prompts, cfg.sandbox_prompts, cfg.out)
     return list(read_records(path, Prompt)), path
 
 
