@@ -170,6 +170,21 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, tiny_sandbox_model)
     assert log[0]["dpo"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
 
 
+def test_resume_between_checkpoints_and_finished_rerun(tmp_path, tiny_sandbox_model):
+    from rlaifv.training.dpo import train_dpo
+
+    cfg = _cfg(tmp_path, tiny_sandbox_model, epochs=1.0, checkpoints_per_epoch=2)
+    train_dpo(cfg, stop_after_step=3)  # killed after step 3; the last checkpoint is step 2
+    log = Path(cfg.out) / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 4, "lo')  # and a line torn by the kill
+    res = train_dpo(cfg)
+    assert res["resumed_from"] == 2
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+    again = train_dpo(cfg)  # finished: returns the summary, trains nothing
+    assert again == json.loads((Path(cfg.out) / "train.json").read_text())
+    assert len(log.read_text().splitlines()) == 4
+
+
 def test_resume_refuses_another_config(tmp_path, tiny_sandbox_model):
     from rlaifv.store import StoreError
     from rlaifv.training.dpo import train_dpo

@@ -199,6 +199,19 @@ def _checkpoint(out: Path, step: int, spe: int, model, processor, opt, sched, cf
     return final
 
 
+def _trim_log(path: Path, step: int) -> None:
+    """Keep only log lines of steps <= ``step`` (a resumed run logs the later steps again)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if lines and not path.read_text().endswith("\n"):
+        lines.pop()  # a line torn by a kill
+    keep = [line for line in lines if json.loads(line)["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
 def list_checkpoints(out: str | Path) -> list[Path]:
     """Finished checkpoints of a training run, in step order."""
     folder = Path(out) / "checkpoints"
@@ -273,6 +286,10 @@ def train_dpo(cfg: DPOConfig, stop_after_step: int | None = None) -> dict[str, A
     total = max(1, math.ceil(cfg.epochs * spe))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, cfg.warmup_ratio))
     start = _load_resume(out / "resume", model, opt, sched)
+    if start >= total and (out / "train.json").exists():  # finished before: nothing to do
+        return json.loads((out / "train.json").read_text())
+    if rank == 0:
+        _trim_log(out / "log.jsonl", start)
     model, opt = acc.prepare(model, opt)
     model.train()
     saves = _save_points(spe, total, cfg.checkpoints_per_epoch)
