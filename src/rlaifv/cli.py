@@ -495,8 +495,10 @@ def _run_iterate(cfg) -> list[dict]:
     from .eval.report import print_table
     from .stages.iterate import iterate
 
+    short = {"iteration": "iter", "avg len (words)": "words", "wall s": "s"}  # fits 80 columns
+
     def show(rows: list[dict]) -> None:
-        print_table(f"iterations -> {cfg.out}", [{t: r.get(k) for k, t in COLUMNS} for r in rows], console=console)
+        print_table(f"iterations -> {cfg.out}", [{short.get(t, t): r.get(k) for k, t in COLUMNS} for r in rows], console=console)
 
     rows = iterate(cfg, on_row=show, on_stage=lambda s: console.print(f"[bold cyan]{s}[/bold cyan]"))
     if rows:
@@ -504,8 +506,20 @@ def _run_iterate(cfg) -> list[dict]:
     return rows
 
 
+def _quiet_libraries() -> None:
+    """Our rich progress bars are the output: silence transformers' per-load tqdm bars and the
+    deprecation notices the libraries raise about each other (not about our code)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def main() -> None:
     """Console-script entry point: user errors print one line and exit 2."""
+    _quiet_libraries()
     from .config import ConfigError
     from .models.load import ModelLoadError
     from .records import RecordError

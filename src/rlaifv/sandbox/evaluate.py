@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..eval.chair import chair_metrics
 from ..eval.pope import SPLITS, pope_metrics, pope_questions
@@ -120,20 +120,35 @@ def evaluate_claims(model, processor, scenes, images, cfg: SandboxEvalConfig, wo
     return result
 
 
-def evaluate_sandbox(model, processor, cfg: SandboxEvalConfig | None = None, world: WorldConfig | None = None) -> dict[str, Any]:
-    """All sandbox metrics of one model on ``cfg.n_scenes`` held-out scenes."""
+def evaluate_sandbox(model, processor, cfg: SandboxEvalConfig | None = None, world: WorldConfig | None = None,
+                     progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """All sandbox metrics of one model on ``cfg.n_scenes`` held-out scenes.
+
+    ``progress(done, total, part)`` is called as each part (descriptions, POPE, claims per mode) ends.
+    """
     cfg = cfg or SandboxEvalConfig()
     world = world or WorldConfig()
     scenes = World(world).scenes(cfg.n_scenes, cfg.split)
     images = [render(s, world.image_size) for s in scenes]
     model.eval()
     out: dict[str, Any] = {"config": asdict(cfg)}
+    parts: list[tuple[str, Callable[[], Any]]] = []
     if cfg.describe:
-        out["describe"] = evaluate_descriptions(model, processor, scenes, images, cfg, world)
+        parts.append(("describe", lambda: evaluate_descriptions(model, processor, scenes, images, cfg, world)))
     if cfg.pope:
-        out["pope"] = evaluate_pope(model, processor, scenes, images, cfg, world)
-    if cfg.claims:
-        out["claims"] = {m: evaluate_claims(model, processor, scenes, images, cfg, world, m) for m in cfg.claim_modes}
+        parts.append(("pope", lambda: evaluate_pope(model, processor, scenes, images, cfg, world)))
+    for m in cfg.claim_modes if cfg.claims else ():
+        parts.append((f"claims:{m}", lambda m=m: evaluate_claims(model, processor, scenes, images, cfg, world, m)))
+    for i, (name, run) in enumerate(parts):
+        if progress:
+            progress(i, len(parts), name)
+        result = run()
+        if name.startswith("claims:"):
+            out.setdefault("claims", {})[name.split(":", 1)[1]] = result
+        else:
+            out[name] = result
+    if progress:
+        progress(len(parts), len(parts), "done")
     return out
 
 

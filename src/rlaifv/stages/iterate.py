@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from ..eval.iterations import write_report
 from ..eval.report import write_json
+from ..progress import progress_bar
 from ..records import Prompt
 from ..store import read_records, write_manifest
 from ..training.dpo import DPOConfig, list_checkpoints, train_dpo
@@ -86,12 +87,17 @@ class IterateError(RuntimeError):
 
 def sandbox_report(model_path: str, cfg: IterateConfig) -> dict[str, Any]:
     """Sampled-description CHAIR / recall / length and mean POPE F1 on ``report_scenes`` test scenes."""
+    with progress_bar("report evaluation", cfg.train.progress) as prog:
+        return _sandbox_report(model_path, cfg, prog)
+
+
+def _sandbox_report(model_path: str, cfg: IterateConfig, prog) -> dict[str, Any]:
     from ..models.load import load_vlm
     from ..sandbox.evaluate import SandboxEvalConfig, evaluate_sandbox
 
     model, processor = load_vlm(model_path, cfg.train.device, cfg.train.dtype)
     ev = SandboxEvalConfig(n_scenes=cfg.report_scenes, split="test", pope=cfg.report_pope, claims=False, greedy=False)
-    res = evaluate_sandbox(model, processor, ev)
+    res = evaluate_sandbox(model, processor, ev, progress=prog)
     s = res["describe"]["sampled"]
     row = {"chair_s": s["chair_s"], "chair_i": s["chair_i"], "recall": s["recall"], "avg_length": s["avg_length"]}
     if "pope" in res:
@@ -113,7 +119,8 @@ def _start_metrics(cfg: IterateConfig) -> dict[str, float] | None:
     path = Path(cfg.out) / "start_metrics.json"
     if path.exists():
         return json.loads(path.read_text())
-    m = sandbox_metrics(cfg.policy, cfg.selection.n_scenes, cfg.selection.seed, cfg.train.device, cfg.train.dtype)
+    with progress_bar("starting policy (selection metrics)", cfg.train.progress) as prog:
+        m = sandbox_metrics(cfg.policy, cfg.selection.n_scenes, cfg.selection.seed, cfg.train.device, cfg.train.dtype, prog)
     write_json(path, m)
     return m
 
@@ -140,7 +147,9 @@ def run_iteration(cfg: IterateConfig, it: int, policy: str, on_stage: Callable[[
     train_dpo(tr)
     on_stage(f"iteration {it}: checkpoint selection ({cfg.selection.kind})")
     start = _start_metrics(cfg)
-    sel = select_checkpoint([str(p.resolve()) for p in list_checkpoints(tr.out)], start, cfg.selection, d / "selection.json")
+    with progress_bar("checkpoint selection", cfg.train.progress) as prog:
+        sel = select_checkpoint([str(p.resolve()) for p in list_checkpoints(tr.out)], start, cfg.selection,
+                                d / "selection.json", progress=prog)
     row: dict[str, Any] = {"iteration": it}
     if cfg.report_scenes > 0:
         on_stage(f"iteration {it}: report evaluation on {cfg.report_scenes} test scenes")

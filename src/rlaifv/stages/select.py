@@ -43,14 +43,15 @@ class SelectionError(RuntimeError):
     """A selection command failed or printed no number."""
 
 
-def sandbox_metrics(model_path: str, n_scenes: int, seed: int, device: str = "cpu", dtype: str = "float32") -> dict[str, float]:
+def sandbox_metrics(model_path: str, n_scenes: int, seed: int, device: str = "cpu", dtype: str = "float32",
+                    progress: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
     """Sampled CHAIR_i / CHAIR_s / recall / length on ``n_scenes`` val scenes."""
     from ..models.load import load_vlm
     from ..sandbox.evaluate import SandboxEvalConfig, evaluate_sandbox
 
     model, processor = load_vlm(model_path, device, dtype)
     cfg = SandboxEvalConfig(n_scenes=n_scenes, split="val", seed=seed, pope=False, claims=False, greedy=False)
-    s = evaluate_sandbox(model, processor, cfg)["describe"]["sampled"]
+    s = evaluate_sandbox(model, processor, cfg, progress=progress)["describe"]["sampled"]
     return {"chair_i": s["chair_i"], "chair_s": s["chair_s"], "recall": s["recall"], "avg_length": s["avg_length"]}
 
 
@@ -68,18 +69,22 @@ def command_score(command: str, checkpoint: str) -> float:
 
 
 def select_checkpoint(checkpoints: list[str], start: dict[str, float] | None, cfg: SelectionConfig, record: Path,
-                      measure: Callable[[str], dict[str, float]] | None = None) -> dict[str, Any]:
+                      measure: Callable[[str], dict[str, float]] | None = None,
+                      progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Evaluate (or reuse from ``record``) every checkpoint and return the choice with all scores.
 
     ``start`` is the starting policy's sandbox metrics (for the recall floor); ``measure``
-    overrides how sandbox metrics are computed (tests).
+    overrides how sandbox metrics are computed (tests); ``progress(done, total, name)`` is called
+    per checkpoint.
     """
     if not checkpoints:
         raise SelectionError("no checkpoints to select from")
     if cfg.kind == "last":
         return {"selected": checkpoints[-1], "kind": "last", "scores": {}}
     seen: dict[str, Any] = json.loads(record.read_text())["scores"] if record.exists() else {}
-    for ck in checkpoints:
+    for i, ck in enumerate(checkpoints):
+        if progress:
+            progress(i, len(checkpoints), Path(ck).name)
         if ck not in seen:
             if cfg.kind == "sandbox":
                 seen[ck] = (measure or (lambda c: sandbox_metrics(c, cfg.n_scenes, cfg.seed)))(ck)
@@ -88,6 +93,8 @@ def select_checkpoint(checkpoints: list[str], start: dict[str, float] | None, cf
             else:
                 raise ValueError(f"selection kind must be sandbox | command | last, got {cfg.kind!r}")
             write_json(record, {"kind": cfg.kind, "scores": seen})  # resumable per checkpoint
+    if progress:
+        progress(len(checkpoints), len(checkpoints), "")
     scores = {ck: seen[ck] for ck in checkpoints}
     if cfg.kind == "command":
         pick = (max if cfg.maximize else min)(checkpoints, key=lambda c: scores[c]["score"])
