@@ -71,12 +71,14 @@ def sandbox_pretrain(
 def sandbox_audit(
     run: Path = typer.Option(..., help="A finished `rlaifv feedback` run over sandbox prompts."),
     out: Optional[Path] = typer.Option(None, help="Write the numbers as JSON here."),
+    prompts: Optional[Path] = typer.Option(None, help="Its prompts file (default RUN/prompts/prompts.jsonl; "
+                                           "an iterate run's iter-i/feedback has it in iter-i/prompts/)."),
 ) -> None:
     """Check a sandbox feedback run against the ground truth: labeler agreement, pair quality."""
     from .eval.report import write_json
     from .sandbox.audit import audit_run
 
-    res = audit_run(run)
+    res = audit_run(run, prompts)
     lab = res["labeler_rejections_vs_truth"]
     row = {k: v for k, v in res.items() if not isinstance(v, dict)} | {"reject precision": lab["precision"], "reject recall": lab["recall"]}
     _metric_table(f"audit of {run}", [{"model": "value", **row}])
