@@ -252,19 +252,8 @@ def _rank_fingerprints(out: Path, model, rank: int, world: int) -> list[str]:
     return prints
 
 
-def train_dpo(cfg: DPOConfig, stop_after_step: int | None = None) -> dict[str, Any]:
-    """Run DPO (module docstring); returns a summary with the checkpoint folders and the log.
-
-    ``stop_after_step`` ends the run early after that step's checkpoint (as a kill would; the
-    same command continues it). Every process fingerprints its final trainable weights; rank 0
-    checks they agree (data parallel must keep the replicas identical).
-    """
-    from accelerate import Accelerator
-
-    acc = Accelerator(cpu=cfg.device == "cpu")
-    rank, world = acc.process_index, acc.num_processes
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+def _prepare(cfg: DPOConfig, device: str, rank: int, out: Path):
+    """Validated examples, cached reference log-probs, and the model set up for training."""
     if cfg.finetune not in ("full", "lora"):
         raise ConfigError(f"finetune must be 'full' or 'lora', got {cfg.finetune!r}")
     if not cfg.pairs or not cfg.prompts:
@@ -273,55 +262,86 @@ def train_dpo(cfg: DPOConfig, stop_after_step: int | None = None) -> dict[str, A
         write_manifest(out, "train", asdict(cfg), {"seed": cfg.seed}, [cfg.pairs, cfg.prompts])
     pairs, prompts, base = load_pairs(cfg.pairs, cfg.prompts)
     torch.manual_seed(cfg.seed)
-    model, processor = load_vlm(cfg.model, str(acc.device), cfg.dtype)
+    model, processor = load_vlm(cfg.model, device, cfg.dtype)
     examples = prepare_examples(pairs, prompts, base, processor, cfg.max_length, cfg.on_error, out if rank == 0 else None)
     ref = _reference(cfg, [e.pair for e in examples], prompts, base, rank, out)
     model = setup_trainable(model, cfg.finetune, cfg.freeze_vision, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    return model, processor, examples, ref
+
+
+def train_dpo(cfg: DPOConfig, stop_after_step: int | None = None) -> dict[str, Any]:
+    """Run DPO (module docstring); returns a summary with the checkpoint folders and the log.
+
+    ``stop_after_step`` ends the run early after that step (as a kill would; the same command
+    continues it from the last checkpoint). Every process fingerprints its final trainable
+    weights; rank 0 checks they agree (data parallel must keep the replicas identical).
+    """
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=cfg.device == "cpu")
+    rank, world = acc.process_index, acc.num_processes
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, processor, examples, ref = _prepare(cfg, str(acc.device), rank, out)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     min_size = world * cfg.grad_accum
     spe = len(epoch_batches(len(examples), cfg.batch_size, 0, cfg.seed, min_size))
     if spe == 0:
-        raise ValueError(f"{len(examples)} pairs make no batch of >= {min_size} (processes x grad_accum)")
+        raise ConfigError(f"{len(examples)} pairs make no batch of >= {min_size} (processes x grad_accum)")
     total = max(1, math.ceil(cfg.epochs * spe))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, cfg.warmup_ratio))
     start = _load_resume(out / "resume", model, opt, sched)
-    if start >= total and (out / "train.json").exists():  # finished before: nothing to do
-        return json.loads((out / "train.json").read_text())
+    done_file = out / "train.json"
+    if start >= total and done_file.exists() and json.loads(done_file.read_text()).get("finished"):
+        return json.loads(done_file.read_text())  # finished before: nothing to do
     if rank == 0:
         _trim_log(out / "log.jsonl", start)
     model, opt = acc.prepare(model, opt)
     model.train()
-    saves = _save_points(spe, total, cfg.checkpoints_per_epoch)
-    log_file = (out / "log.jsonl").open("a") if rank == 0 else None
-    t0, last = time.time(), {}
-    with progress_bar("dpo", cfg.progress and rank == 0) as prog:
-        for step in range(start, total):
-            epoch, k = divmod(step, spe)
-            batch = epoch_batches(len(examples), cfg.batch_size, epoch, cfg.seed, min_size)[k]
-            chunks = micro_batches(batch, rank, world, cfg.grad_accum)
-            last = _step(model, processor, examples, chunks, ref, cfg, len(batch), world, acc)
-            if cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            last = {"step": step + 1, "epoch": round((step + 1) / spe, 4), "lr": sched.get_last_lr()[0], **{k2: round(v, 6) for k2, v in last.items()}}
-            if log_file:
-                log_file.write(json.dumps(last) + "\n")
-                log_file.flush()
-            prog(step + 1, total, f"loss {last['loss']:.4f} acc {last['acc']:.2f}")
-            if step + 1 in saves:
-                if rank == 0:
-                    _checkpoint(out, step + 1, spe, acc.unwrap_model(model), processor, opt, sched, cfg, last)
-                barrier()
-            if stop_after_step is not None and step + 1 >= stop_after_step:
-                break
-    if log_file:
-        log_file.close()
+    t0 = time.time()
+    end = min(total, stop_after_step) if stop_after_step is not None else total
+    last = _loop(cfg, acc, model, processor, opt, sched, examples, ref, (start, end, total, spe), out)
     fingerprints = _rank_fingerprints(out, acc.unwrap_model(model), rank, world)
-    summary = {"rank_weight_fingerprints": fingerprints, "pairs": len(examples), "steps": total, "steps_per_epoch": spe, "resumed_from": start,
-               "seconds": round(time.time() - t0, 2), "checkpoints": [str(p) for p in list_checkpoints(out)], "last": last}
+    summary = {"finished": end >= total, "pairs": len(examples), "steps": total, "steps_per_epoch": spe, "resumed_from": start,
+               "seconds": round(time.time() - t0, 2), "checkpoints": [str(p) for p in list_checkpoints(out)], "last": last,
+               "rank_weight_fingerprints": fingerprints}
     if rank == 0:
-        (out / "train.json").write_text(json.dumps(summary, indent=2))
+        done_file.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _loop(cfg: DPOConfig, acc, model, processor, opt, sched, examples: list[TrainExample], ref: dict,
+          steps: tuple[int, int, int, int], out: Path) -> dict[str, Any]:
+    """Optimizer steps ``start..end`` (of ``total``), logging each and checkpointing at the save points."""
+    start, end, total, spe = steps
+    rank, world = acc.process_index, acc.num_processes
+    params = [p for p in model.parameters() if p.requires_grad]
+    saves = _save_points(spe, total, cfg.checkpoints_per_epoch)
+    last: dict[str, Any] = {}
+    log_file = (out / "log.jsonl").open("a") if rank == 0 else None
+    try:
+        with progress_bar("dpo", cfg.progress and rank == 0) as prog:
+            for step in range(start, end):
+                epoch, k = divmod(step, spe)
+                batch = epoch_batches(len(examples), cfg.batch_size, epoch, cfg.seed, world * cfg.grad_accum)[k]
+                stats = _step(model, processor, examples, micro_batches(batch, rank, world, cfg.grad_accum), ref, cfg, len(batch), world, acc)
+                if cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                last = {"step": step + 1, "epoch": round((step + 1) / spe, 4), "lr": sched.get_last_lr()[0],
+                        **{key: round(v, 6) for key, v in stats.items()}}
+                if log_file:
+                    log_file.write(json.dumps(last) + "\n")
+                    log_file.flush()
+                prog(step + 1, total, f"loss {last['loss']:.4f} acc {last['acc']:.2f}")
+                if step + 1 in saves:
+                    if rank == 0:
+                        _checkpoint(out, step + 1, spe, acc.unwrap_model(model), processor, opt, sched, cfg, last)
+                    barrier()
+    finally:
+        if log_file:
+            log_file.close()
+    return last
