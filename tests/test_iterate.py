@@ -31,6 +31,23 @@ def test_sandbox_selection_keeps_recall(tmp_path):
     assert again["selected"] == "c"
 
 
+def test_pope_guard_and_keep_current(tmp_path):
+    scores = {"a": {"chair_i": 0.10, "recall": 0.85, "pope_f1": 0.30}, "b": {"chair_i": 0.20, "recall": 0.84, "pope_f1": 0.62}}
+    start = {"recall": 0.84, "pope_f1": 0.65}
+    cfg = SelectionConfig(kind="sandbox", recall_tolerance=0.03, pope_tolerance=0.05)
+    # a hallucinates least but lost yes/no answering (0.30 < 0.65 - 0.05): b
+    res = select_checkpoint(["a", "b"], start, cfg, tmp_path / "s.json", measure=lambda c: scores[c], current="p0")
+    assert res["selected"] == "b" and not res["kept_current"]
+    # nothing passes: the highest recall, or with keep_current the current policy
+    strict = SelectionConfig(kind="sandbox", recall_tolerance=0.0, pope_tolerance=0.01)
+    assert select_checkpoint(["a", "b"], start, strict, tmp_path / "t.json", measure=lambda c: scores[c])["selected"] == "a"
+    keep = SelectionConfig(kind="sandbox", recall_tolerance=0.0, pope_tolerance=0.01, keep_current=True)
+    res = select_checkpoint(["a", "b"], start, keep, tmp_path / "u.json", measure=lambda c: scores[c], current="p0")
+    assert res["selected"] == "p0" and res["kept_current"]
+    with pytest.raises(SelectionError, match="POPE"):
+        select_checkpoint(["a"], {"recall": 0.8}, cfg, tmp_path / "v.json", measure=lambda c: scores[c])
+
+
 def test_command_selection(tmp_path):
     py = sys.executable
     cmd = f"{py} -c \"import sys; print('log line'); print(len(sys.argv[1]))\" {{checkpoint}}"

@@ -120,7 +120,8 @@ def _start_metrics(cfg: IterateConfig) -> dict[str, float] | None:
     if path.exists():
         return json.loads(path.read_text())
     with progress_bar("starting policy (selection metrics)", cfg.train.progress) as prog:
-        m = sandbox_metrics(cfg.policy, cfg.selection.n_scenes, cfg.selection.seed, cfg.train.device, cfg.train.dtype, prog)
+        m = sandbox_metrics(cfg.policy, cfg.selection.n_scenes, cfg.selection.seed, cfg.train.device, cfg.train.dtype, prog,
+                            pope=cfg.selection.pope_tolerance is not None)
     write_json(path, m)
     return m
 
@@ -149,7 +150,7 @@ def run_iteration(cfg: IterateConfig, it: int, policy: str, on_stage: Callable[[
     start = _start_metrics(cfg)
     with progress_bar("checkpoint selection", cfg.train.progress) as prog:
         sel = select_checkpoint([str(p.resolve()) for p in list_checkpoints(tr.out)], start, cfg.selection,
-                                d / "selection.json", progress=prog)
+                                d / "selection.json", progress=prog, current=policy)
     row: dict[str, Any] = {"iteration": it}
     if cfg.report_scenes > 0:
         on_stage(f"iteration {it}: report evaluation on {cfg.report_scenes} test scenes")
