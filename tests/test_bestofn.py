@@ -11,6 +11,7 @@ import json
 import math
 import os
 import subprocess
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -310,3 +311,28 @@ def test_cli_sweep_on_a_tiny_model(rlaifv_bin, tiny_sandbox_model, tmp_path):
             assert len(r.candidates) == 2 and set(r.scores("rlaifv-reward")) == {0.0} and r.chosen_index == 0
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert "| rlaifv-reward | 2 |" in (out / "sweep.md").read_text()
+
+
+def test_scorer_correlations_by_hand(tmp_path):
+    """Per prompt Pearson r of score vs hallucinated / correct objects / words, averaged over prompts."""
+    from rlaifv.sandbox.bestofn_sweep import scorer_correlations
+    from rlaifv.sandbox.prompts import scene_of, write_sandbox_prompts
+    from rlaifv.sandbox.tasks import sentence
+    from rlaifv.store import RecordStore, read_records as read
+
+    path = write_sandbox_prompts(tmp_path / "prompts", 1, split="test")
+    prompt = next(iter(read(path, Prompt)))
+    obj = scene_of(prompt).objects[0]
+    true, absent = sentence(obj), "There is a large red cross at the bottom right."
+    if "cross" in [o.shape for o in scene_of(prompt).objects]:
+        pytest.skip("scene 0 holds a cross")
+    texts = [true, true + " " + absent, absent]  # hallucinated 0, 1, 1; correct 1, 1, 0
+    words = [len(t.split()) for t in texts]
+    score = [3.0, 1.0, 2.0]
+    cands = [{"text": t, "scores": {"rlaifv-reward": s}} for t, s in zip(texts, score)]
+    with RecordStore(tmp_path / "seed-0", BestOfNResult) as store:
+        store.write([BestOfNResult(prompt.prompt_id, prompt.question, "rlaifv-reward", 0, true, cands)])
+    corr = scorer_correlations(tmp_path)["rlaifv-reward"]
+    assert corr["hallucinated"] == pytest.approx(statistics.correlation(score, [0, 1, 1]))  # -0.866
+    assert corr["correct"] == pytest.approx(statistics.correlation(score, [1, 1, 0]))
+    assert corr["words"] == pytest.approx(statistics.correlation(score, words))

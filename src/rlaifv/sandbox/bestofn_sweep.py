@@ -153,3 +153,37 @@ def run_sweep(cfg: BestOfNConfig) -> dict[str, Any]:
     (out / "sweep.md").write_text(markdown_table(agg, len(per_seed)))
     plot(agg, out / "sweep.png", f"best-of-N on {len(ids)} sandbox prompts, {len(per_seed)} seed(s)")
     return report
+
+
+def scorer_correlations(out: Path, scorers: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """What each scorer ranks by: within each prompt's candidates, the Pearson correlation of the
+    score with the number of hallucinated objects, of correct objects and of words, averaged
+    over prompts (and seeds) where both vary. Reads a finished sweep folder (``seed-*/``)."""
+    from ..eval.chair import answer_chair
+
+    prompts = {p.prompt_id: p for p in read_records(out / "prompts" / "prompts.jsonl", Prompt)}
+    acc: dict[tuple[str, str], list[float]] = {}
+    for seed_dir in sorted(out.glob("seed-*")):
+        for r in read_records(seed_dir, BestOfNResult):
+            scene = scene_of(prompts[r.prompt_id])
+            counts = [answer_chair(c["text"], scene) for c in r.candidates]
+            features = {"hallucinated": [len(a.hallucinated) for a in counts], "correct": [len(a.correct) for a in counts],
+                        "words": [a.n_words for a in counts]}
+            for s in scorers or r.candidates[0]["scores"].keys():
+                score = [c["scores"][s] for c in r.candidates]
+                for name, values in features.items():
+                    if len(set(score)) > 1 and len(set(values)) > 1:
+                        acc.setdefault((s, name), []).append(statistics.correlation(score, values))
+    table: dict[str, dict[str, float]] = {}
+    for (s, name), values in sorted(acc.items()):
+        table.setdefault(s, {})[name] = statistics.fmean(values)
+    return table
+
+
+if __name__ == "__main__":  # python -m rlaifv.sandbox.bestofn_sweep SWEEP_DIR: the correlations as Markdown
+    import sys
+
+    corr = scorer_correlations(Path(sys.argv[1]))
+    print("| scorer | vs hallucinated objects | vs correct objects | vs words |\n|---|---|---|---|")
+    for s, row in corr.items():
+        print(f"| {s} | {row.get('hallucinated', float('nan')):+.3f} | {row.get('correct', float('nan')):+.3f} | {row.get('words', float('nan')):+.3f} |")
