@@ -27,7 +27,7 @@ def test_audit_run_by_hand(tmp_path):
     (run / "prompts" / "prompts.jsonl").write_text(json.dumps(p.to_dict()) + "\n")
     good = "There is a large red circle at the top left. There is a small blue square in the center."
     bad = "There is a large red circle at the top left. There is a small green star at the bottom left."
-    cands = [Candidate("s", 0, 1, good), Candidate("s", 1, 2, bad)]
+    cands = [Candidate("s", 0, 1, good, decoding={"temperature": 0.4}), Candidate("s", 1, 2, bad, decoding={"temperature": 1.3})]
     claims = [Claim("s#0", 0, "There is a large red circle at the top left."), Claim("s#0", 1, "There is a small blue square in the center."),
               Claim("s#1", 0, "There is a large red circle at the top left."), Claim("s#1", 1, "There is a small green star at the bottom left.")]
     # labeler: rejects the star (true positive) and wrongly rejects the square (false positive)
@@ -44,3 +44,4 @@ def test_audit_run_by_hand(tmp_path):
     assert lab["precision"] == 0.5 and lab["recall"] == 1.0
     assert res["pairs_chosen_fewer_hallucinated_objects"] == 1.0  # chosen: 0 hallucinated shapes, rejected: 1 (star)
     assert res["pairs_chosen_fewer_false_claims"] == 1.0
+    assert res["pair_temperatures"] == {"chosen": {"0.4": 1}, "rejected": {"1.3": 1}}

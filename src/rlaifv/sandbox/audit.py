@@ -73,7 +73,19 @@ def audit_run(run: str | Path, prompts_file: str | Path | None = None) -> dict[s
         "labeler_rejections_vs_truth": _prf(tp, fp, fn) | {"tn": tn, "accuracy": round((tp + tn) / max(1, tp + tn + fp + fn), 4)},
         "pairs": len(pairs),
         **_pair_quality(pairs, cands, scenes, false_claims),
+        "pair_temperatures": _pair_temperatures(pairs, cands),
     }
+
+
+def _pair_temperatures(pairs: list[PreferencePair], cands: dict[str, Candidate]) -> dict[str, dict[str, int]]:
+    """How many chosen / rejected answers were sampled at each temperature: with confounded
+    sampling (several temperatures) a skew here means the preference partly encodes decoding."""
+    out: dict[str, dict[str, int]] = {"chosen": {}, "rejected": {}}
+    for p in pairs:
+        for side, cid in (("chosen", p.chosen_id), ("rejected", p.rejected_id)):
+            t = str(cands[cid].decoding.get("temperature"))
+            out[side][t] = out[side].get(t, 0) + 1
+    return {side: dict(sorted(c.items())) for side, c in out.items()}
 
 
 def _pair_quality(pairs: list[PreferencePair], cands: dict[str, Candidate], scenes: dict, false_claims: dict[str, int]) -> dict[str, Any]:
