@@ -497,7 +497,7 @@ def _run_iterate(cfg) -> list[dict]:
     from .eval.report import print_table
     from .stages.iterate import iterate
 
-    short = {"iteration": "iter", "avg len (words)": "words", "wall s": "s"}  # fits 80 columns
+    short = {"iteration": "iter", "avg len (words)": "words", "wall s": "s", "next policy": "next"}  # fits 80 columns
 
     def show(rows: list[dict]) -> None:
         print_table(f"iterations -> {cfg.out}", [{short.get(t, t): r.get(k) for k, t in COLUMNS} for r in rows], console=console)

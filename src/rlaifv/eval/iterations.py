@@ -9,7 +9,8 @@ from .report import write_json
 
 #: (row key, column title) of the per-iteration table, in order.
 COLUMNS = (("iteration", "iteration"), ("chair_s", "CHAIR_s"), ("chair_i", "CHAIR_i"), ("recall", "recall"),
-           ("pope_f1", "POPE F1"), ("avg_length", "avg len (words)"), ("pairs", "pairs"), ("seconds", "wall s"))
+           ("pope_f1", "POPE F1"), ("avg_length", "avg len (words)"), ("pairs", "pairs"), ("seconds", "wall s"),
+           ("selected", "next policy"))
 
 
 def _fmt(v: Any) -> str:
@@ -87,7 +88,7 @@ def summarize(runs: Sequence[Path], keys: Sequence[str] = ("chair_s", "chair_i",
 
 def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The summary as Markdown: mean ± std per column."""
-    cols = [(k, t) for k, t in COLUMNS if k != "iteration"]
+    cols = [(k, t) for k, t in COLUMNS if k not in ("iteration", "selected")]
     head = "| iteration | " + " | ".join(t for _, t in cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
 
     def cell(r: dict[str, Any], k: str) -> str:

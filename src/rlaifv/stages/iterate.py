@@ -126,6 +126,12 @@ def _start_metrics(cfg: IterateConfig) -> dict[str, float] | None:
     return m
 
 
+def _short_name(checkpoint: str) -> str:
+    """``step-000025`` -> ``step 25`` (the report's "next policy" column)."""
+    head, _, num = checkpoint.partition("-")
+    return f"{head} {int(num)}" if num.isdigit() else checkpoint
+
+
 def run_iteration(cfg: IterateConfig, it: int, policy: str, on_stage: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """One iteration from ``policy`` (module docstring); returns its ``done.json`` content."""
     d = Path(cfg.out) / f"iter-{it}"
@@ -155,7 +161,9 @@ def run_iteration(cfg: IterateConfig, it: int, policy: str, on_stage: Callable[[
     if cfg.report_scenes > 0:
         on_stage(f"iteration {it}: report evaluation on {cfg.report_scenes} test scenes")
         row.update(sandbox_report(sel["selected"], cfg))
-    row.update({"pairs": n_pairs, "seconds": round(time.time() - t0, 1), "policy": sel["selected"]})
+    kept = bool(sel.get("kept_current"))
+    row.update({"pairs": n_pairs, "seconds": round(time.time() - t0, 1), "policy": sel["selected"],
+                "selected": "kept" if kept else _short_name(Path(sel["selected"]).name)})
     result = {"selected": sel["selected"], "row": row, "feedback": summary.get("stages"), "labeler": labeler}
     write_json(d / "done.json", result)
     return result
