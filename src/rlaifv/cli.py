@@ -498,9 +498,14 @@ def _run_iterate(cfg) -> list[dict]:
     from .stages.iterate import iterate
 
     short = {"iteration": "iter", "avg len (words)": "words", "wall s": "s", "next policy": "next"}  # fits 80 columns
+    compact = {"avg_length": lambda v: f"{v:.1f}", "seconds": lambda v: f"{v:.0f}", "selected": lambda v: str(v).replace("step ", "#")}
+
+    def cell(r: dict, k: str):
+        v = r.get(k)
+        return compact[k](v) if k in compact and v is not None else v
 
     def show(rows: list[dict]) -> None:
-        print_table(f"iterations -> {cfg.out}", [{short.get(t, t): r.get(k) for k, t in COLUMNS} for r in rows], console=console)
+        print_table(f"iterations -> {cfg.out}", [{short.get(t, t): cell(r, k) for k, t in COLUMNS} for r in rows], console=console)
 
     rows = iterate(cfg, on_row=show, on_stage=lambda s: console.print(f"[bold cyan]{s}[/bold cyan]"))
     if rows:
