@@ -32,7 +32,7 @@ from ..config import ConfigError
 from ..models.chat import collate
 from ..models.load import load_vlm
 from ..progress import progress_bar
-from ..runner import barrier
+from ..runner import _cut_torn_tail, barrier
 from ..store import write_manifest
 from .data import TrainExample, epoch_batches, load_pairs, prepare_examples
 from .losses import dpo_loss, sequence_logps
@@ -203,10 +203,8 @@ def _trim_log(path: Path, step: int) -> None:
     """Keep only log lines of steps <= ``step`` (a resumed run logs the later steps again)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if lines and not path.read_text().endswith("\n"):
-        lines.pop()  # a line torn by a kill
-    keep = [line for line in lines if json.loads(line)["step"] <= step]
+    _cut_torn_tail(path)
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
@@ -228,11 +226,11 @@ def _reference(cfg: DPOConfig, pairs, prompts, base, rank: int, out: Path) -> di
 
     if rank == 0:
         with progress_bar("reference log-probs", cfg.progress) as prog:
-            cached_reference_logps(ref_name, pairs, prompts, base, root, load, cfg.ref_batch_size, prog)
-    barrier()
-    ref, folder, hit = cached_reference_logps(ref_name, pairs, prompts, base, root, load, cfg.ref_batch_size)
-    if rank == 0:
+            ref, folder, hit = cached_reference_logps(ref_name, pairs, prompts, base, root, load, cfg.ref_batch_size, prog)
         (out / "ref_cache.json").write_text(json.dumps({"folder": str(folder), "ref_model": ref_name, "hit": hit}) + "\n")
+    barrier()
+    if rank != 0:  # the cache is complete now: a hit
+        ref, _, _ = cached_reference_logps(ref_name, pairs, prompts, base, root, load, cfg.ref_batch_size)
     return ref
 
 
@@ -322,9 +320,12 @@ def _loop(cfg: DPOConfig, acc, model, processor, opt, sched, examples: list[Trai
     log_file = (out / "log.jsonl").open("a") if rank == 0 else None
     try:
         with progress_bar("dpo", cfg.progress and rank == 0) as prog:
+            batches: dict[int, list[list[int]]] = {}  # the current epoch's order, shuffled once
             for step in range(start, end):
                 epoch, k = divmod(step, spe)
-                batch = epoch_batches(len(examples), cfg.batch_size, epoch, cfg.seed, world * cfg.grad_accum)[k]
+                if epoch not in batches:
+                    batches = {epoch: epoch_batches(len(examples), cfg.batch_size, epoch, cfg.seed, world * cfg.grad_accum)}
+                batch = batches[epoch][k]
                 stats = _step(model, processor, examples, micro_batches(batch, rank, world, cfg.grad_accum), ref, cfg, len(batch), world, acc)
                 if cfg.max_grad_norm > 0:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -30,6 +30,7 @@ from ..models.chat import answer_ids, encode_prompt
 from ..models.load import resolve_model_path
 from ..models.prefix import score_suffix_tokens
 from ..records import PreferencePair, Prompt
+from ..runner import _cut_torn_tail
 from ..store import package_versions
 
 LOGPS_NAME = "ref_logps.jsonl"
@@ -62,23 +63,18 @@ def pairs_fingerprint(pairs: Sequence[PreferencePair], prompts: Mapping[str, Pro
     return h.hexdigest()
 
 
-def cache_key(ref_model: str, pairs: Sequence[PreferencePair], prompts: Mapping[str, Prompt], base_dir: Path | None) -> str:
+def cache_key(model_fp: str, pairs_fp: str) -> str:
     """The folder name of a cache entry: first 24 hex digits of sha256(model fp, pairs fp)."""
-    both = model_fingerprint(ref_model) + pairs_fingerprint(pairs, prompts, base_dir)
-    return hashlib.sha256(both.encode()).hexdigest()[:24]
+    return hashlib.sha256((model_fp + pairs_fp).encode()).hexdigest()[:24]
 
 
 def _read_done(path: Path) -> dict[str, dict]:
-    """Lines already written (a torn last line from a kill is ignored and cut)."""
+    """Lines already written (a torn last line from a kill is cut first)."""
     done: dict[str, dict] = {}
     if not path.exists():
         return done
-    raw = path.read_bytes()
-    good = raw[: raw.rfind(b"\n") + 1]
-    if len(good) != len(raw):
-        with path.open("r+b") as f:
-            f.truncate(len(good))
-    for line in good.splitlines():
+    _cut_torn_tail(path)
+    for line in path.read_text().splitlines():
         row = json.loads(line)
         done[row["pair_id"]] = row
     return done
@@ -126,7 +122,8 @@ def cached_reference_logps(ref_model: str, pairs: Sequence[PreferencePair], prom
     ``load(name) -> (model, processor)`` is called only when something must be computed, and
     the model is dropped afterwards.
     """
-    folder = Path(cache_root) / cache_key(ref_model, pairs, prompts, base_dir)
+    model_fp, pairs_fp = model_fingerprint(ref_model), pairs_fingerprint(pairs, prompts, base_dir)
+    folder = Path(cache_root) / cache_key(model_fp, pairs_fp)
     logps_file, meta_file = folder / LOGPS_NAME, folder / META_NAME
     if meta_file.exists():
         done = _read_done(logps_file)
@@ -136,8 +133,8 @@ def cached_reference_logps(ref_model: str, pairs: Sequence[PreferencePair], prom
     model.eval()
     done = compute_reference_logps(model, processor, pairs, prompts, base_dir, logps_file, batch_size, progress)
     del model
-    meta = {"ref_model": str(ref_model), "model_fingerprint": model_fingerprint(ref_model), "pairs": len(pairs),
-            "pairs_fingerprint": pairs_fingerprint(pairs, prompts, base_dir), "versions": package_versions()}
+    meta = {"ref_model": str(ref_model), "model_fingerprint": model_fp, "pairs": len(pairs),
+            "pairs_fingerprint": pairs_fp, "versions": package_versions()}
     tmp = meta_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, meta_file)
