@@ -118,8 +118,8 @@ def test_chat_template_expands_the_image(built, images) -> None:
 
 def test_yes_no_are_four_distinct_tokens(built) -> None:
     _, _, _, processor = built
-    ids = yes_no_ids(processor.tokenizer)
-    assert len(set(ids.yes + ids.no)) == 4
+    ids = yes_no_ids(processor)
+    assert len(set(ids.yes + ids.no)) == len(ids.yes + ids.no) >= 4
 
 
 def test_prefill_once_equals_duplicated_prompts(sharp, images) -> None:

@@ -8,7 +8,6 @@ token ids are off, so each is checked against an independent, hand-built expecta
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 from conftest import small_corpus, tiny_cfg
@@ -18,7 +17,7 @@ import torch
 from rlaifv.models.chat import IGNORE_INDEX, answer_ids, collate, encode_prompt, prompt_text
 from rlaifv.models.generate import generate_answers, score_yes_no
 from rlaifv.models.tiny import build_tiny_vlm, train_tokenizer
-from rlaifv.models.yesno import YesNoIds, first_token_after, p_yes_no, yes_no_ids
+from rlaifv.models.yesno import YesNoIds, p_yes_no, yes_no_ids
 from rlaifv.sandbox.render import render
 from rlaifv.sandbox.world import World
 
@@ -157,49 +156,6 @@ def test_p_yes_no_non_finite_logits_name_the_rows() -> None:
         p_yes_no(logits, YesNoIds(yes=(1,), no=(3,)))
 
 
-# --------------------------------------------------------------------------- yes_no_ids with a fake tokenizer
-
-
-class FakeTokenizer:
-    """Maps whole strings to ids: the prefix is [10, 11]; each word appends its listed ids."""
-
-    def __init__(self, words: dict[str, list[int]], prefix: str = "P:") -> None:
-        self.prefix = prefix
-        self.words = words
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
-        assert not add_special_tokens
-        if text == self.prefix:
-            return {"input_ids": [10, 11]}
-        return {"input_ids": [10, 11] + self.words[text[len(self.prefix):]]}
-
-
-def test_yes_no_ids_shared_id_raises() -> None:
-    tok = FakeTokenizer({"yes": [1], "Yes": [2], "no": [1], "No": [3]})
-    with pytest.raises(ValueError, match="share a token id"):
-        yes_no_ids(tok, "P:")
-
-
-def test_yes_no_ids_dedupes_and_keeps_order() -> None:
-    # "yes" and "Yes" map to the same id -> counted once (else p_yes would double count it).
-    tok = FakeTokenizer({"yes": [5], "Yes": [5], "no": [6], "No": [7]})
-    assert yes_no_ids(tok, "P:") == YesNoIds(yes=(5,), no=(6, 7))
-
-
-def test_first_token_after_multi_token_word_warns_and_takes_first() -> None:
-    tok = FakeTokenizer({"Yes": [8, 9]})
-    with pytest.warns(UserWarning, match="'Yes' is 2 tokens"):
-        assert first_token_after(tok, "P:", "Yes") == 8
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert first_token_after(FakeTokenizer({"no": [4]}), "P:", "no") == 4
-
-
-def test_first_token_after_no_new_token_raises() -> None:
-    with pytest.raises(ValueError, match="adds no token for 'x'"):
-        first_token_after(FakeTokenizer({"x": []}), "P:", "x")
-
-
 # --------------------------------------------------------------------------- score_yes_no / generate
 
 
@@ -207,7 +163,7 @@ def test_score_yes_no_matches_manual_forward(vlm, images) -> None:
     # Batched, left-padded scoring (batch_size=2 over 3 questions: two chunks) must equal one
     # unpadded forward per question, softmax at the last position, sum of the yes/no ids.
     _, _, model, processor = vlm
-    ids = yes_no_ids(processor.tokenizer)
+    ids = yes_no_ids(processor)
     p_yes, p_no = score_yes_no(model, processor, images, QUESTIONS, batch_size=2)
     manual_yes, manual_no = [], []
     for img, q in zip(images, QUESTIONS):

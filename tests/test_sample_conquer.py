@@ -120,7 +120,7 @@ def test_describe_then_match_by_hand(monkeypatch):
     import rlaifv.stages.conquer as C
 
     monkeypatch.setattr(C, "generate_answers", lambda *a, **k: ["There is a large red circle at the top left. There is a small blue star in the center."])
-    monkeypatch.setattr(C, "yes_no_ids", lambda tok: None)
+    monkeypatch.setattr(C, "yes_no_ids", lambda processor: None)
     qs = [PolarQuestion("p#0/0", "There is a large red circle at the top left.", "q"),
           PolarQuestion("p#0/1", "There is a small blue star at the top left.", "q"),   # wrong cell
           PolarQuestion("p#0/2", "There is a blue star.", "q"),                        # unstated attributes are fine

@@ -1,7 +1,10 @@
 """Turn (image, question[, answer]) into model inputs for any HF VLM processor.
 
-The chat template always comes from the processor. Training batches put the answer (plus the
-tokenizer's EOS) after the templated prompt and supervise only the answer tokens; prompts are
+The chat template always comes from the processor, and so does the answer boundary
+(``models/template.py``): training batches put the answer, tokenised as the template places
+it, plus the template's end-of-turn token (``<|im_end|>``, ``</s>``, ``<end_of_turn>``, ...)
+after the templated prompt and supervise only those tokens. A processor without a chat
+template (PaliGemma) takes the question itself as its prompt; prompts are
 encoded one example at a time so that every architecture's image-token expansion is honoured,
 then padded together. Extra image tensors (``pixel_values``, ``pixel_attention_mask``,
 ``image_grid_thw``, ...) are concatenated along the batch dimension; Qwen2-VL's
@@ -15,6 +18,8 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image
+
+from .template import TemplateError, answer_format
 
 IGNORE_INDEX = -100
 _TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
@@ -44,8 +49,17 @@ def _assistant(text: str) -> dict[str, Any]:
 
 
 def prompt_text(processor, question: str, history: Sequence[tuple[str, str]] = ()) -> str:
-    """The templated prompt, ending with the assistant generation header."""
-    return processor.apply_chat_template(conversation(question, history), add_generation_prompt=True, tokenize=False)
+    """The templated prompt, ending where the assistant's answer starts.
+
+    That is the template's generation prompt plus any non-space text the template puts before
+    an answer (``AnswerFormat.prefill``). Without a chat template the question is the prompt.
+    """
+    fmt = answer_format(processor)
+    if not fmt.has_template:
+        if history:
+            raise TemplateError(f"{type(processor).__name__} has no chat template, so earlier turns cannot be rendered")
+        return question
+    return processor.apply_chat_template(conversation(question, history), add_generation_prompt=True, tokenize=False) + fmt.prefill
 
 
 def _images_arg(processor, image: Image.Image):
@@ -61,29 +75,29 @@ def encode_prompt(processor, image: Image.Image, question: str, history: Sequenc
 
 
 def answer_ids(processor, answer: str) -> list[int]:
-    """Token ids of the answer followed by EOS, as the model should produce them."""
-    tok = processor.tokenizer
-    ids = tok(answer, add_special_tokens=False)["input_ids"]
-    return list(ids) + [tok.eos_token_id]
+    """Token ids of the answer as the template places it, then its end-of-turn token."""
+    return answer_format(processor).answer_ids(processor.tokenizer, answer)
 
 
 def followup_ids(processor, question: str, answer: str, followups: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
     """(ids, labels) of further (question, answer) turns about the same image, after ``answer``.
 
-    Turns are rendered with the processor's chat template; only answers + EOS are supervised.
+    Turns are rendered with the processor's chat template; only answers + end-of-turn are supervised.
     """
     tok = processor.tokenizer
-    eos = tok.eos_token
+    fmt = answer_format(processor)
+    end = fmt.end_text
     msgs = user_message(question) + [_assistant(answer)]
     rendered = processor.apply_chat_template(msgs, tokenize=False)
     ids: list[int] = []
     labels: list[int] = []
     for q, a in followups:
-        prompt = processor.apply_chat_template(msgs + [_user_text(q)], add_generation_prompt=True, tokenize=False)
-        if not prompt.startswith(rendered) or not rendered.rstrip().endswith(eos):
-            raise ValueError("the chat template does not render turns as a prefix ending in EOS; multi-turn collation needs it")
-        after_eos = rendered[rendered.rindex(eos) + len(eos) :]
-        glue = tok(after_eos + prompt[len(rendered) :], add_special_tokens=False)["input_ids"]
+        prompt = processor.apply_chat_template(msgs + [_user_text(q)], add_generation_prompt=True, tokenize=False) + fmt.prefill
+        if not end or not prompt.startswith(rendered) or not rendered.rstrip().endswith(end):
+            raise TemplateError("the chat template does not render turns as a prefix ending in its end-of-turn token; "
+                                "multi-turn collation needs it")
+        after_end = rendered[rendered.rindex(end) + len(end) :]
+        glue = tok(after_end + prompt[len(rendered) :], add_special_tokens=False)["input_ids"]
         a_ids = answer_ids(processor, a)
         ids += list(glue) + a_ids
         labels += [IGNORE_INDEX] * len(glue) + a_ids
@@ -101,7 +115,7 @@ def collate(
     followups: Sequence[Sequence[tuple[str, str]]] | None = None,
     histories: Sequence[Sequence[tuple[str, str]]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Batch examples; with ``answers``, add ``labels`` that supervise only the answer + EOS.
+    """Batch examples; with ``answers``, add ``labels`` that supervise only the answer + end-of-turn.
 
     ``followups`` (with answers) adds further turns about the same image per example, all
     supervised on their answers. ``histories`` puts earlier (question, answer) turns before

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from .chat import collate
+from .template import generation_stop_ids
 from .yesno import YesNoIds, p_yes_no, yes_no_ids
 
 
@@ -32,7 +33,7 @@ def generate_answers(
     out: list[str] = []
     for i in range(0, len(images), batch_size):
         batch = collate(processor, images[i : i + batch_size], questions[i : i + batch_size], padding_side="left")
-        kw = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        kw = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=generation_stop_ids(processor, model))
         if do_sample:
             kw.update(temperature=temperature, top_p=top_p, top_k=0)
         gen = model.generate(**batch, **kw)
@@ -56,7 +57,7 @@ def score_yes_no(
     ``histories`` (per question) puts earlier turns in context, e.g. the labeler's own
     description for the describe-then-answer stand-in.
     """
-    ids = ids or yes_no_ids(processor.tokenizer)
+    ids = ids or yes_no_ids(processor)
     p_yes: list[float] = []
     p_no: list[float] = []
     for i in range(0, len(images), batch_size):

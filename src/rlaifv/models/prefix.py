@@ -308,7 +308,7 @@ def score_yes_no_shared(
     """
     if len(images) != len(questions_per_image):
         raise ValueError(f"{len(images)} images but {len(questions_per_image)} question lists")
-    ids = ids or yes_no_ids(processor.tokenizer)
+    ids = ids or yes_no_ids(processor)
     results: list[list[tuple[float, float]]] = []
     for j, (image, questions) in enumerate(zip(images, questions_per_image)):
         if not questions:

@@ -2,13 +2,15 @@
 
 p_yes = P(yes) + P(Yes) and p_no = P(no) + P(No), read from the softmax over the full
 vocabulary at the first answer position (after the chat template's generation prompt). The
-token ids are derived from the tokenizer by encoding each word right after the assistant
-prefix, so leading-space variants and BPE merges are handled per architecture.
+token ids come from the model's own chat template (``models/template.py``): each word is
+encoded right after the template's generation prompt, in the template's own spacing and in the
+other spacings, so leading-space variants ("▁Yes", "ĠYes") and BPE merges are handled per model.
+p_yes + p_no (before any normalisation) is the yes/no probability mass: a labeler that is not
+answering yes/no at that position has a low mass, and conquer reports it.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -23,28 +25,16 @@ class YesNoIds:
     no: tuple[int, ...]
 
 
-def first_token_after(tokenizer, prefix: str, word: str) -> int:
-    """The first token id that ``word`` adds when it follows ``prefix`` (BPE-merge safe)."""
-    base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    full = tokenizer(prefix + word, add_special_tokens=False)["input_ids"]
-    n = 0
-    while n < min(len(base), len(full)) and base[n] == full[n]:
-        n += 1
-    new = full[n:]
-    if not new:
-        raise ValueError(f"tokenizer adds no token for {word!r} after the assistant prefix")
-    if len(new) > 1:
-        warnings.warn(f"{word!r} is {len(new)} tokens after the assistant prefix; using its first token", stacklevel=2)
-    return new[0]
+def yes_no_ids(processor) -> YesNoIds:
+    """yes/Yes and no/No ids as the first answer token under ``processor``'s own chat template.
 
+    Every spacing variant the template can produce there is included, deduplicated
+    (``models/template.py``: e.g. "▁Yes" after LLaVA-1.5's ``ASSISTANT:``, "Yes" after ChatML's
+    ``assistant\n``). ``processor`` is a VLM processor or a text tokenizer.
+    """
+    from .template import template_yes_no_ids
 
-def yes_no_ids(tokenizer, assistant_prefix: str = "<|im_start|>assistant\n") -> YesNoIds:
-    """Token ids of yes/Yes and no/No as the first answer token. Duplicates are removed."""
-    yes = tuple(dict.fromkeys(first_token_after(tokenizer, assistant_prefix, w) for w in YES_WORDS))
-    no = tuple(dict.fromkeys(first_token_after(tokenizer, assistant_prefix, w) for w in NO_WORDS))
-    if set(yes) & set(no):
-        raise ValueError(f"yes and no share a token id ({set(yes) & set(no)}); cannot score polar answers")
-    return YesNoIds(yes, no)
+    return template_yes_no_ids(processor)
 
 
 def p_yes_no(last_logits: torch.Tensor, ids: YesNoIds) -> tuple[torch.Tensor, torch.Tensor]:

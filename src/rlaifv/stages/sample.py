@@ -24,6 +24,7 @@ from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..models.chat import _TEXT_KEYS, collate
+from ..models.template import generation_stop_ids
 from ..records import Candidate, Prompt
 
 
@@ -116,7 +117,7 @@ def generate_candidates(
     temps = [candidate_temperature(cfg, k) for _ in seeds for k in range(n)]
     sampler = LogitsProcessorList([SeededSampler(flat_seeds, temps, cfg.top_p)])
     tok = processor.tokenizer
-    kw = dict(do_sample=False, max_new_tokens=cfg.max_new_tokens, logits_processor=sampler, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    kw = dict(do_sample=False, max_new_tokens=cfg.max_new_tokens, logits_processor=sampler, pad_token_id=tok.pad_token_id, eos_token_id=generation_stop_ids(processor, model))
     if cfg.share_prefill:
         # Per-token inputs (Qwen's mm_token_type_ids) are cut like input_ids; image tensors are whole.
         pre = {k: (v[:, :-1] if k in _TEXT_KEYS else v) for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
