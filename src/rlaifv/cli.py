@@ -172,6 +172,18 @@ def feedback_cmd(
     st = summary["pairs"]
     row = {**summary["counts"], "pairs": st.get("pairs_after_balance"), **{f"{k} s": v for k, v in summary["stages"].items()}}
     _metric_table(f"feedback -> {cfg.out}", [{"model": "value", **row}])
+    _print_mass(summary.get("conquer", {}))
+    if st.get("diagnosis"):
+        console.print(f"[bold red]0 pairs:[/] {st['diagnosis']}")
+
+
+def _print_mass(report: dict) -> None:
+    """The labeler's yes+no mass line, and its warning in red when low."""
+    if report.get("questions") and report.get("mode") == "direct":
+        console.print(f"labeler yes+no mass: mean {report['mean']}, median {report['median']}, min {report['min']} "
+                      f"({report['below_threshold']} of {report['questions']} below {report['threshold']})")
+    if report.get("warning"):
+        console.print(f"[bold red]warning:[/] {report['warning']}")
 
 
 def _metric_table(title: str, rows: list[dict]) -> None:
@@ -273,13 +285,14 @@ def conquer_cmd(
     from .config import load_config
     from .records import PolarQuestion
     from .stages.conquer import ConquerConfig
-    from .stages.feedback import run_conquer
+    from .stages.feedback import conquer_mass, run_conquer
     from .store import read_records
 
     cfg = load_config(ConquerConfig, config, {"model": model, "mode": mode, "repetition_penalty": repetition_penalty})
     recs, path = _prompts_file(prompts)
     res = run_conquer(cfg, recs, path, list(read_records(questions, PolarQuestion)), out, on_error)
     console.print(f"conquer: {res.n_written if res else 0} scores written to {out}")
+    _print_mass(conquer_mass(cfg, out))
 
 
 @app.command("pairs")
@@ -304,6 +317,8 @@ def pairs_cmd(
     stats = run_pairs(cfg, _prompts_file(prompts)[0], list(read_records(candidates, Candidate)), list(read_records(claims, Claim)),
                       list(read_records(scores, ClaimScore)), out)
     console.print(f"pairs: {stats.get('pairs_after_balance')} pairs written to {out}")
+    if stats.get("diagnosis"):
+        console.print(f"[bold red]0 pairs:[/] {stats['diagnosis']}")
 
 
 @app.command("import-rlaifv")

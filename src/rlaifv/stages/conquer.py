@@ -1,7 +1,12 @@
 """Conquer (RLAIF-V Sec. 3.2): the labeler VLM answers each claim's yes/no question.
 
 p_yes = P(yes) + P(Yes) and p_no = P(no) + P(No) of the first answer token, from one forward
-pass (no ``generate``); a claim is rejected iff p_no >= p_yes. All questions about one image
+pass (no ``generate``); a claim is rejected iff p_no >= p_yes. The first answer token is where
+the labeler's own chat template puts it, and the yes/no ids are every spacing variant of the
+words there (``models/template.py``), unless ``yes_tokens`` / ``no_tokens`` override them.
+p_yes and p_no are stored unnormalised, so p_yes + p_no is the labeler's yes/no probability
+mass per question: :func:`mass_summary` reports its distribution and warns when the mean falls
+below ``min_mean_mass`` (a labeler that is not answering yes/no gives noise verdicts). All questions about one image
 share one encoding of the image and the common prompt prefix: the prefix is computed once and
 its KV cache serves a batch of question suffixes (``models/prefix.py``).
 
@@ -30,6 +35,7 @@ import torch
 from PIL import Image
 
 from ..models.generate import generate_answers, score_yes_no
+from ..models.template import override_yes_no_ids
 from ..models.yesno import YesNoIds, p_yes_no, yes_no_ids
 from ..records import ClaimScore, PolarQuestion
 from ..sandbox.tasks import DESCRIBE_PROMPT
@@ -50,10 +56,17 @@ class ConquerConfig:
     describe_max_new_tokens: int = 256
     device: str = "cpu"
     dtype: str = "float32"
+    yes_tokens: list | None = None  # override: first-answer tokens read as "yes" (vocabulary strings or ids), e.g. ["▁Yes", "▁yes"]
+    no_tokens: list | None = None  # override: first-answer tokens read as "no"; both or neither
+    min_mean_mass: float = 0.5  # warn when the mean yes+no probability mass falls below this
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"conquer mode {self.mode!r}: expected one of {MODES}")
+        if (self.yes_tokens is None) != (self.no_tokens is None):
+            raise ValueError("conquer: give both yes_tokens and no_tokens, or neither")
+        if not 0.0 <= self.min_mean_mass <= 1.0:
+            raise ValueError(f"conquer.min_mean_mass must be in [0, 1], got {self.min_mean_mass}")
         if self.repetition_penalty is not None and self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
 
@@ -72,7 +85,7 @@ def _score_image(model, processor, image: Image.Image, questions: list[str], his
     if cfg.repetition_penalty is None and cfg.share_prefix:
         from ..models.prefix import score_yes_no_shared
 
-        return score_yes_no_shared(model, processor, [image], [questions], batch_size=cfg.batch_size, histories=[history])[0]
+        return score_yes_no_shared(model, processor, [image], [questions], batch_size=cfg.batch_size, ids=ids, histories=[history])[0]
     if cfg.repetition_penalty is None:
         hist = [history] * len(questions) if history else None
         y, n = score_yes_no(model, processor, [image] * len(questions), questions, ids, cfg.batch_size, histories=hist)
@@ -95,9 +108,41 @@ def _score_with_penalty(model, processor, image, questions, history, cfg: Conque
     return out
 
 
+def labeler_yes_no_ids(processor, cfg: ConquerConfig) -> YesNoIds:
+    """The configured override, else the ids the labeler's own template puts first."""
+    if cfg.yes_tokens is not None and cfg.no_tokens is not None:
+        return override_yes_no_ids(processor, cfg.yes_tokens, cfg.no_tokens)
+    return yes_no_ids(processor)
+
+
+def mass_summary(scores: Sequence[ClaimScore], min_mean_mass: float = 0.5) -> dict:
+    """Distribution of the yes+no probability mass (p_yes + p_no) over scored questions.
+
+    ``warning`` is a sentence when the mean is below ``min_mean_mass``: the labeler's first
+    answer token is mostly neither yes nor no, so its verdicts are close to noise.
+    """
+    masses = sorted(s.p_yes + s.p_no for s in scores)
+    if not masses:
+        return {"questions": 0, "warning": None}
+
+    def q(f: float) -> float:
+        return round(masses[min(len(masses) - 1, int(f * len(masses)))], 4)
+
+    mean = sum(masses) / len(masses)
+    low = sum(m < min_mean_mass for m in masses)
+    out = {"questions": len(masses), "mean": round(mean, 4), "min": round(masses[0], 4), "p10": q(0.1), "median": q(0.5),
+           "max": round(masses[-1], 4), "below_threshold": low, "threshold": min_mean_mass, "warning": None}
+    if mean < min_mean_mass:
+        out["warning"] = (f"the labeler's yes+no probability mass is low (mean {mean:.3f} < {min_mean_mass}; {low} of "
+                          f"{len(masses)} questions below): its first answer token is mostly neither yes nor no, so the "
+                          "verdicts are close to noise. Check that the labeler answers yes/no questions, or set "
+                          "conquer.yes_tokens / no_tokens")
+    return out
+
+
 def conquer(model, processor, groups: Sequence[tuple[Image.Image, list[PolarQuestion]]], cfg: ConquerConfig) -> list[ClaimScore]:
     """Score every question; ``groups`` holds the questions about each image together."""
-    ids = yes_no_ids(processor.tokenizer)
+    ids = labeler_yes_no_ids(processor, cfg)
     history_of: list[list[tuple[str, str]]] = [[] for _ in groups]
     if cfg.mode == "describe_then_match":
         return _describe_then_match(model, processor, groups, cfg)

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..runner import PROGRESS_NAME, barrier, local_device, rank_and_world, read_
 from ..store import (LOCK_NAME, MANIFEST_NAME, REJECTS_NAME, RecordStore, RejectsFile, StoreError, _fsync_dir,
                      _list_shards, merge_stores, read_manifest, read_records, write_manifest)
 from .ask import AskConfig, ask
-from .conquer import ConquerConfig, conquer
+from .conquer import ConquerConfig, conquer, mass_summary
 from .divide import DivideConfig, divide
 from .pairs import PairsConfig, holistic_question, make_pairs, score_candidates, score_holistic
 from .sample import SampleConfig, sample
@@ -243,6 +244,25 @@ def run_conquer(cfg: ConquerConfig, prompts: list[Prompt], prompts_path: Path, q
                 config=asdict(cfg), batch_size=4, on_error=on_error, rank=rank, world=world)
 
 
+MASS_NAME = "mass.json"
+
+
+def conquer_mass(cfg: ConquerConfig, out: Path, scores: Sequence[ClaimScore] | None = None) -> dict:
+    """The yes+no mass summary of a conquer folder, written to ``out/mass.json``; warns when low."""
+    scores = read_store(out, ClaimScore) if scores is None else scores
+    report = mass_summary(scores, cfg.min_mean_mass)
+    report["mode"] = cfg.mode
+    if cfg.mode != "direct":  # the stand-ins write p_yes/p_no of 0/1: the mass says nothing there
+        report["warning"] = None
+    if rank_and_world()[0] == 0:
+        tmp = out / (MASS_NAME + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, out / MASS_NAME)
+    if report["warning"]:
+        warnings.warn(f"conquer ({out}): {report['warning']}", stacklevel=2)
+    return report
+
+
 def run_pairs(cfg: PairsConfig, prompts, candidates, claims, scores, out: Path) -> dict:
     """Stage 5: scores, pairs, length balancing; rewritten whole on every run (it is fast)."""
     claims_by: dict[str, list[Claim]] = defaultdict(list)
@@ -297,12 +317,13 @@ def feedback(cfg: FeedbackConfig) -> dict:
     summary["stages"]["conquer"] = round(time.time() - t, 2)
     scores = read_store(out / "scores", ClaimScore)
     summary["counts"] = {"prompts": len(prompts), "candidates": len(candidates), "claims": len(claims), "questions": len(questions), "scores": len(scores)}
+    summary["conquer"] = conquer_mass(cfg.conquer, out / "scores", scores)
     if rank != 0:
         return summary
     t = time.time()
     summary["pairs"] = run_pairs(cfg.pairs, prompts, candidates, claims, scores, out / "pairs")
     summary["stages"]["pairs"] = round(time.time() - t, 2)
-    _write_summary(out, summary)
+    _finish_summary(out, summary)
     return summary
 
 
@@ -314,14 +335,28 @@ def _holistic(cfg: FeedbackConfig, prompts: list[Prompt], ppath: Path, candidate
     t = time.time()
     run_conquer(cfg.conquer, prompts, ppath, questions, out / "holistic_scores", cfg.on_error)
     summary["stages"]["conquer_holistic"] = round(time.time() - t, 2)
-    scores = {s.claim_id.rsplit("/", 1)[0]: s for s in read_store(out / "holistic_scores", ClaimScore)}
+    records = read_store(out / "holistic_scores", ClaimScore)
+    scores = {s.claim_id.rsplit("/", 1)[0]: s for s in records}
     summary["counts"] = {"prompts": len(prompts), "candidates": len(candidates), "questions": len(questions), "scores": len(scores)}
+    summary["conquer"] = conquer_mass(cfg.conquer, out / "holistic_scores", records)
     if rank != 0:
         return summary
     scored, mismatches = score_holistic(candidates, scores)
     summary["pairs"] = _write_pairs(cfg.pairs, prompts, scored, mismatches, out / "pairs")
-    _write_summary(out, summary)
+    _finish_summary(out, summary)
     return summary
+
+
+def _finish_summary(out: Path, summary: dict) -> None:
+    """Collect the run's warnings (low labeler mass, 0 pairs and why) and write ``feedback.json``."""
+    notes = []
+    if summary.get("conquer", {}).get("warning"):
+        notes.append(summary["conquer"]["warning"])
+    if summary["pairs"].get("diagnosis"):
+        notes.append(f"0 pairs: {summary['pairs']['diagnosis']}")
+        warnings.warn(f"feedback ({out}): 0 pairs: {summary['pairs']['diagnosis']}", stacklevel=3)
+    summary["warnings"] = notes
+    _write_summary(out, summary)
 
 
 def _write_summary(out: Path, summary: dict) -> None:

@@ -345,7 +345,7 @@ def make_pairs(scored: Sequence[ScoredCandidate], prompts: Mapping[str, Prompt],
     unpairable, pairable, prompts, combinations, dropped_tie, dropped_gap, dropped_identical,
     pairs_before_cap, pairs_after_cap, pairs_after_balance, prompts_with_pairs,
     length_balance_r, mean_len_{chosen,rejected}_{before,after} (before = after the cap,
-    before balancing).
+    before balancing), diagnosis (why there are 0 pairs, else None).
     """
     cfg = cfg or PairsConfig()
     groups = _group(scored, prompts)
@@ -363,7 +363,7 @@ def make_pairs(scored: Sequence[ScoredCandidate], prompts: Mapping[str, Prompt],
         pairs, r = balance_lengths(pairs)
     mean_c1, mean_r1 = _mean_lengths(pairs)
     stats: dict[str, Any] = {
-        "scoring": cfg.scoring,
+        "scoring": cfg.scoring, "min_score_gap": cfg.min_score_gap,
         "candidates": len(scored) + len(mismatches or ()), "unpairable": len(mismatches or ()),
         "pairable": len(scored), "prompts": len(groups), **counts,
         "pairs_before_cap": before_cap, "pairs_after_cap": after_cap, "pairs_after_balance": len(pairs),
@@ -371,4 +371,30 @@ def make_pairs(scored: Sequence[ScoredCandidate], prompts: Mapping[str, Prompt],
         "mean_len_chosen_before": mean_c0, "mean_len_rejected_before": mean_r0,
         "mean_len_chosen_after": mean_c1, "mean_len_rejected_after": mean_r1,
     }
+    stats["diagnosis"] = explain_no_pairs(stats, scored, mismatches or ()) if not pairs else None
     return pairs, stats
+
+
+def explain_no_pairs(stats: Mapping[str, Any], scored: Sequence[ScoredCandidate], mismatches: Sequence[Mismatch] = ()) -> str:
+    """One sentence saying why a run ended with 0 pairs (from ``make_pairs``'s counts)."""
+    if stats["candidates"] == 0:
+        return "no candidates reached the pairs stage (sampling produced none, or every input was rejected)"
+    if stats["pairable"] == 0:
+        reasons = sorted({r for _, r in mismatches})[:3]
+        return f"none of the {stats['candidates']} candidates could be scored ({'; '.join(reasons)})"
+    if stats["combinations"] == 0:
+        return f"no prompt has two scored candidates ({stats['pairable']} candidates over {stats['prompts']} prompts); sample n >= 2"
+    claims = sum(len(sc.rejected) for sc in scored)
+    rejected = sum(sum(sc.rejected) for sc in scored)
+    verdicts = (f"every claim accepted ({claims} claims)" if rejected == 0 else
+                f"every claim rejected ({claims} claims)" if rejected == claims else f"{rejected} of {claims} claims rejected")
+    n = stats["combinations"]
+    if stats["dropped_tie"] == n:
+        return f"all {n} candidate combinations tied: {verdicts}"
+    if stats["dropped_tie"] + stats["dropped_gap"] == n:
+        return (f"no candidate combination reached the score gap {stats['min_score_gap']} "
+                f"({stats['dropped_tie']} tied, {stats['dropped_gap']} below the gap of {n}; {verdicts})")
+    if stats["pairs_before_cap"] == 0:
+        return (f"every combination with a score gap was dropped: {stats['dropped_identical']} identical texts, "
+                f"{stats['dropped_less_support']} with less support (keep_support)")
+    return f"length balancing (r = {stats['length_balance_r']}) removed all {stats['pairs_after_cap']} pairs"
