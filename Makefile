@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench matrix clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# every stage on tiny models of 16 VLM families with their real chat templates -> docs/models.md
+matrix: $(STAMP)
+	$(BIN)/python -m rlaifv.compat.matrix --out docs/models.md
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

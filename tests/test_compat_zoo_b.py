@@ -30,17 +30,8 @@ EXPECTED = {
                "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>"),
     "internvl": (["<img>", "</img>", "<IMG_CONTEXT>", "<video>", "<|im_start|>", "<|im_end|>"], None, "<|im_end|>", "<|endoftext|>"),
     "mistral3": (["[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"], "<s>", "</s>", "<pad>"),
-    "aya-vision": (["<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>",
-                    "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>"], "<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>", "<PAD>"),
 }
 _MARKERS = re.compile(r"<\|[A-Za-z_]+\|>|\[/?[A-Z_]+\]|<[a-z_]+_of_[a-z_]+>")
-
-
-def _template_or_skip(name: str) -> str:
-    try:
-        return load_template(name)
-    except FileNotFoundError:
-        pytest.skip(f"template {name}.jinja not collected yet")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,7 @@ def image() -> Image.Image:
 @pytest.fixture(scope="module", params=ENTRIES, ids=[e.name for e in ENTRIES])
 def built(request):
     entry = request.param
-    template = _template_or_skip(entry.template)
+    template = load_template(entry.template)
     entry.build(0)  # warm (tokenizer training is cached per process)
     t = time.perf_counter()
     model, processor = entry.build(0)
@@ -188,7 +179,7 @@ def test_old_image_only_marker_still_loads(tmp_path):
     from rlaifv.models.load import load_processor
     from rlaifv.models.processors import ImageOnlyQwen2_5_VLProcessor
 
-    _, processor = zoo_qwen.build_qwen2_5_vl(0) if _has("qwen2_5_vl") else pytest.skip("template missing")
+    _, processor = zoo_qwen.build_qwen2_5_vl(0)
     processor.save_pretrained(tmp_path)
     path = tmp_path / "processor_config.json"
     data = json.loads(path.read_text())
@@ -198,11 +189,3 @@ def test_old_image_only_marker_still_loads(tmp_path):
         warnings.simplefilter("error")  # no fallback warning: the marker names the class directly
         loaded = load_processor(tmp_path)
     assert type(loaded) is ImageOnlyQwen2_5_VLProcessor and loaded.chat_template == processor.chat_template
-
-
-def _has(name: str) -> bool:
-    try:
-        load_template(name)
-        return True
-    except FileNotFoundError:
-        return False

@@ -83,42 +83,6 @@ def build_idefics3(seed: int = 0):
     return model, processor
 
 
-class _NoVideo:
-    """Stands in for SmolVLM's video processor: ``apply_chat_template`` reads its frame count and fps."""
-
-    num_frames = None
-    fps = None
-
-
-_SMOLVLM_CLASS = None
-
-
-def smolvlm_processor_class():
-    """``SmolVLMProcessor`` without its video slot, with a class-level stub video processor.
-
-    ``ProcessorMixin`` reads the sub-processor slots from ``__init__``'s signature, so only the
-    image processor and the tokenizer are saved; ``image_seq_len`` stays in the signature (else
-    it reloads as 169); ``SmolVLMProcessor.apply_chat_template`` reads
-    ``video_processor.num_frames`` / ``.fps``, which the stub gives as None. Saved under the real
-    name (``rlaifv.models.processors.ImageOnlyProcessorMixin``).
-    """
-    global _SMOLVLM_CLASS
-    if _SMOLVLM_CLASS is None:
-        from transformers import SmolVLMProcessor
-
-        from ..models.processors import ImageOnlyProcessorMixin
-
-        class ImageOnlySmolVLMProcessor(ImageOnlyProcessorMixin, SmolVLMProcessor):
-            real_class_name = "SmolVLMProcessor"
-            video_processor = _NoVideo()
-
-            def __init__(self, image_processor, tokenizer=None, image_seq_len: int = 169, chat_template=None, **kwargs):
-                SmolVLMProcessor.__init__(self, image_processor, tokenizer, None, image_seq_len=image_seq_len, chat_template=chat_template, **kwargs)
-
-        _SMOLVLM_CLASS = ImageOnlySmolVLMProcessor
-    return _SMOLVLM_CLASS
-
-
 def build_smolvlm(seed: int = 0):
     import torch
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil
@@ -134,7 +98,11 @@ def build_smolvlm(seed: int = 0):
         vision_config=vision, text_config=text, scale_factor=SCALE, image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id
     )
     model = finish(SmolVLMForConditionalGeneration(config), tok)
-    processor = smolvlm_processor_class()(
+    from transformers import SmolVLMProcessor
+
+    from ..models.processors import image_only_class
+
+    processor = image_only_class(SmolVLMProcessor)(
         image_processor=SmolVLMImageProcessorPil(**ip_kwargs), tokenizer=tok, image_seq_len=IMAGE_SEQ_LEN, chat_template=load_template("smolvlm")
     )
     return model, processor

@@ -22,7 +22,7 @@ from PIL import Image
 from .template import TemplateError, answer_format
 
 IGNORE_INDEX = -100
-_TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+_TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids", "cross_attention_mask")
 
 
 def user_message(question: str) -> list[dict[str, Any]]:
@@ -71,7 +71,12 @@ def _images_arg(processor, image: Image.Image):
 def encode_prompt(processor, image: Image.Image, question: str, history: Sequence[tuple[str, str]] = ()) -> dict[str, torch.Tensor]:
     """Encode one prompt (image + question, templated, after ``history``), unpadded, batch size 1."""
     text = prompt_text(processor, question, history)
-    return dict(processor(text=[text], images=_images_arg(processor, image), return_tensors="pt"))
+    bos = getattr(processor.tokenizer, "bos_token", None)
+    # a template that writes the BOS itself (Gemma 3, Llama 3) must not get a second one from the tokenizer
+    kw = {"add_special_tokens": False} if bos and text.startswith(bos) else {}
+    enc = dict(processor(text=[text], images=_images_arg(processor, image), return_tensors="pt", **kw))
+    enc.pop("labels", None)  # PaliGemma's processor makes labels of its own; rlaifv builds them in collate
+    return enc
 
 
 def answer_ids(processor, answer: str) -> list[int]:
@@ -120,22 +125,20 @@ def collate(
     ``followups`` (with answers) adds further turns about the same image per example, all
     supervised on their answers. ``histories`` puts earlier (question, answer) turns before
     each question (unsupervised context). ``padding_side='left'`` is what generation wants.
+    Per-token processor outputs (:data:`TOKEN_KEYS`) are extended over the answer tokens and
+    padded like ``input_ids``; image tensors are concatenated along the batch dimension.
     """
     pad_id = processor.tokenizer.pad_token_id
     rows: list[list[int]] = []
     label_rows: list[list[int]] = []
-    type_rows: list[list[int]] = []
+    per_token: dict[str, list[torch.Tensor]] = {}
     extras: dict[str, list[torch.Tensor]] = {}
     for i, (img, q) in enumerate(zip(images, questions)):
         enc = encode_prompt(processor, img, q, histories[i] if histories is not None else ())
         ids = enc.pop("input_ids")[0].tolist()
-        enc.pop("attention_mask", None)
-        if "mm_token_type_ids" in enc:  # Qwen2-VL: 3-D rotary positions need the image-token map
-            type_rows.append(enc["mm_token_type_ids"][0].tolist())
-        for k in [k for k in enc if k in _TEXT_KEYS]:
+        for k in [k for k in enc if k in _TEXT_KEYS and k not in TOKEN_KEYS]:
             enc.pop(k)
-        for k, v in enc.items():
-            extras.setdefault(k, []).append(v)
+        n_prompt = len(ids)
         if answers is not None:
             a = answer_ids(processor, answers[i])
             label_rows.append([IGNORE_INDEX] * len(ids) + a)
@@ -144,6 +147,10 @@ def collate(
                 more, more_labels = followup_ids(processor, q, answers[i], followups[i])
                 ids += more
                 label_rows[-1] += more_labels
+        for k in [k for k in enc if k in TOKEN_KEYS]:
+            per_token.setdefault(k, []).append(_extend(enc.pop(k)[0], len(ids) - n_prompt, k, processor))
+        for k, v in enc.items():
+            extras.setdefault(k, []).append(v)
         rows.append(ids)
     width = max(len(r) for r in rows)
     batch = {
@@ -152,12 +159,37 @@ def collate(
     }
     if answers is not None:
         batch["labels"] = torch.tensor([_pad(r, width, IGNORE_INDEX, padding_side) for r in label_rows])
-    if type_rows:
-        # Answer and follow-up tokens are text (type 0), as is padding.
-        batch["mm_token_type_ids"] = torch.tensor([_pad(t + [0] * (len(r) - len(t)), width, 0, padding_side) for t, r in zip(type_rows, rows)])
+    for k, vs in per_token.items():
+        batch[k] = torch.stack([_pad_dim0(v, width, padding_side) for v in vs])
     for k, vs in extras.items():
         batch[k] = torch.cat(vs, dim=0)
     return batch
+
+
+#: Per-token processor outputs, kept and extended over answer tokens: Qwen-VL's
+#: ``mm_token_type_ids`` (image-token map for 3-D positions; answers are text, 0), Gemma 3's /
+#: PaliGemma's ``token_type_ids`` (answers are text, 0, except PaliGemma's suffix, 1) and
+#: Mllama's ``cross_attention_mask`` (answers attend to the image like the last prompt token).
+TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids", "cross_attention_mask")
+#: Processors whose answer tokens are a different token type than their prompt (prefix-LM suffix).
+_SUFFIX_TOKEN_TYPE = {"PaliGemmaProcessor": 1}
+
+
+def _extend(row: torch.Tensor, n: int, key: str, processor) -> torch.Tensor:
+    """``row`` [S, ...] continued over ``n`` answer tokens (see :data:`TOKEN_KEYS`)."""
+    if n == 0:
+        return row
+    if key == "cross_attention_mask":
+        tail = row[-1:].expand(n, *row.shape[1:])
+    else:
+        value = _SUFFIX_TOKEN_TYPE.get(type(processor).__name__, 0) if key == "token_type_ids" else 0
+        tail = torch.full((n, *row.shape[1:]), value, dtype=row.dtype)
+    return torch.cat([row, tail])
+
+
+def _pad_dim0(row: torch.Tensor, width: int, side: str) -> torch.Tensor:
+    fill = torch.zeros((width - row.shape[0], *row.shape[1:]), dtype=row.dtype)
+    return torch.cat([row, fill] if side == "right" else [fill, row])
 
 
 def _pad(row: list[int], width: int, value: int, side: str) -> list[int]:

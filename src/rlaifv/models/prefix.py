@@ -162,6 +162,20 @@ def _prefix_positions(model, kw: Mapping[str, torch.Tensor]) -> tuple[torch.Tens
     return positions, int(deltas.reshape(-1)[0])
 
 
+#: Models whose prompt attends bidirectionally (prefix-LM): a token's state depends on later prompt tokens.
+PREFIX_LM_MODEL_TYPES = ("paligemma",)
+
+
+def check_prefix_shareable(model, inputs: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``NotImplementedError`` (the reason) when a prompt's KV cache cannot serve other suffixes."""
+    if getattr(model.config, "model_type", None) in PREFIX_LM_MODEL_TYPES:
+        raise NotImplementedError(f"{type(model).__name__} attends bidirectionally over the whole prompt (prefix-LM), "
+                                  "so a shared prompt prefix is not the prefix of each full prompt")
+    if "cross_attention_mask" in inputs:
+        raise NotImplementedError(f"{type(model).__name__} reads the image through cross-attention layers whose per-token "
+                                  "mask the suffix forward does not carry")
+
+
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -174,6 +188,7 @@ def encode_prefix(model, prefix_inputs: Mapping[str, torch.Tensor]) -> EncodedPr
     """
     if prefix_inputs["input_ids"].shape[0] != 1:
         raise ValueError(f"prefix batch must be 1, got {prefix_inputs['input_ids'].shape[0]}")
+    check_prefix_shareable(model, prefix_inputs)
     dev = _device(model)
     kw = {k: v.to(dev) for k, v in prefix_inputs.items()}
     positions, delta = _prefix_positions(model, kw)

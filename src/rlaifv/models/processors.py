@@ -141,6 +141,8 @@ def _init_without_video(real):
     params, call = [], []
     for i, (name, p) in enumerate(sig.parameters.items()):
         if name == "video_processor":
+            if p.default is inspect.Parameter.empty:  # a required slot (SmolVLM): pass None explicitly
+                call.append("video_processor=None")
             continue
         if i == 0:
             params.append(name)
@@ -161,6 +163,14 @@ def _init_without_video(real):
     namespace = {"_defaults": defaults, "_real": real}
     exec(compile(source, f"<image-only {real.__name__}.__init__>", "exec"), namespace)  # noqa: S102 (names come from inspect)
     return namespace["__init__"]
+
+
+class NoVideoProcessor:
+    """The class-level stand-in for the missing video processor: some processors read its frame
+    count and fps even for image-only chats (``SmolVLMProcessor.apply_chat_template``)."""
+
+    num_frames = None
+    fps = None
 
 
 #: Real class name -> its image-only subclass (filled on demand by image_only_class).
@@ -192,6 +202,7 @@ def image_only_class(real):
     name = f"ImageOnly{real.__name__}"
     cls = type(name, (ImageOnlyProcessorMixin, real), {
         "__init__": __init__,
+        "video_processor": NoVideoProcessor(),
         "real_class_name": real.__name__,
         "__module__": __name__,
         "__qualname__": name,

@@ -94,12 +94,13 @@ class HFChatLM:
         import torch
         from transformers import LogitsProcessorList
 
+        from ..models.template import generation_stop_ids
         from .sample import SeededSampler
 
         tok = self.tokenizer
         texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        kw: dict[str, Any] = dict(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        kw: dict[str, Any] = dict(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=generation_stop_ids(tok, self.model))
         if temperature > 0:
             seeds = [conversation_seed(self.seed, m) for m in batch]
             kw["logits_processor"] = LogitsProcessorList([SeededSampler(seeds, temperature, top_p)])

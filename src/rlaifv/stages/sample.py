@@ -16,6 +16,7 @@ full forward of the duplicated prompts does (tested equal in ``tests/test_archit
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -101,6 +102,23 @@ def _repeat_model_state(model, n: int) -> None:
         inner.rope_deltas = deltas.repeat_interleave(n, dim=0)
 
 
+_WARNED: set[str] = set()
+
+
+def _can_share_prefill(model, batch) -> bool:
+    """False (with a one-time warning naming the reason) where a prefilled cache cannot be reused."""
+    from ..models.prefix import check_prefix_shareable
+
+    try:
+        check_prefix_shareable(model, batch)
+    except NotImplementedError as e:
+        if type(model).__name__ not in _WARNED:
+            _WARNED.add(type(model).__name__)
+            warnings.warn(f"shared-prefix scoring unavailable for sampling ({e}); generating from duplicated prompts", stacklevel=3)
+        return False
+    return True
+
+
 @torch.no_grad()
 def generate_candidates(
     model, processor, images: Sequence[Image.Image], questions: Sequence[str], seeds: Sequence[Sequence[int]], cfg: SampleConfig
@@ -118,7 +136,7 @@ def generate_candidates(
     sampler = LogitsProcessorList([SeededSampler(flat_seeds, temps, cfg.top_p)])
     tok = processor.tokenizer
     kw = dict(do_sample=False, max_new_tokens=cfg.max_new_tokens, logits_processor=sampler, pad_token_id=tok.pad_token_id, eos_token_id=generation_stop_ids(processor, model))
-    if cfg.share_prefill:
+    if cfg.share_prefill and _can_share_prefill(model, batch):
         # Per-token inputs (Qwen's mm_token_type_ids) are cut like input_ids; image tensors are whole.
         pre = {k: (v[:, :-1] if k in _TEXT_KEYS else v) for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
         out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **pre)
