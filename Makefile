@@ -36,6 +36,12 @@ matrix: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
+# kill -9 campaign: each stage SIGKILLed at random points KILL_N times, compared with an uninterrupted run
+.PHONY: killtest
+KILL_N ?= 20
+killtest: $(STAMP)
+	$(BIN)/python bench/kill_test.py --n $(KILL_N)
+
 # re-resolve pyproject.toml's ranges in a scratch venv and write the versions to constraints.txt
 constraints:
 	rm -rf .venv-constraints

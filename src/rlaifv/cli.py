@@ -156,6 +156,8 @@ def feedback_cmd(
     seed: Optional[int] = typer.Option(None, help="Sampling seed."),
     conquer_mode: Optional[str] = typer.Option(None, help="direct | describe_then_answer | describe_then_match (sandbox-only stand-ins)."),
     on_error: Optional[str] = typer.Option(None, help="raise | skip (bad inputs go to each stage's rejects.jsonl)."),
+    retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
+    redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
 ) -> None:
     """Sample -> divide -> ask -> conquer -> pairs, resumable; rerun the same command after a kill."""
     from .config import load_config
@@ -165,7 +167,7 @@ def feedback_cmd(
             "sample": _drop_none({"model": policy, "n": n, "max_new_tokens": max_new_tokens, "seed": seed}),
             "conquer": _drop_none({"model": labeler, "mode": conquer_mode})}
     cfg = load_config(FeedbackConfig, config, over)
-    summary = feedback(cfg)
+    summary = feedback(cfg, _resume_options(retry_rejects, redo_changed))
     if "pairs" not in summary:  # not rank 0 of a multi-process launch: rank 0 reports
         return
 
@@ -173,8 +175,46 @@ def feedback_cmd(
     row = {**summary["counts"], "pairs": st.get("pairs_after_balance"), **{f"{k} s": v for k, v in summary["stages"].items()}}
     _metric_table(f"feedback -> {cfg.out}", [{"model": "value", **row}])
     _print_mass(summary.get("conquer", {}))
+    _print_resume(summary.get("rejects_carried", {}), summary.get("redone", {}))
+    _print_rejected(summary.get("rejected", {}), cfg.out, cfg.on_error)
+    for note in summary.get("warnings", []):
+        if "rejected" in note:
+            console.print(f"[bold red]warning:[/] {note}")
     if st.get("diagnosis"):
         console.print(f"[bold red]0 pairs:[/] {st['diagnosis']}")
+
+
+def _resume_options(retry_rejects: bool, redo_changed: bool):
+    from .resume import ResumeOptions
+
+    return ResumeOptions(redo_changed=redo_changed, retry_rejects=retry_rejects)
+
+
+def _print_resume(carried: dict, redone: dict) -> None:
+    """Say how many earlier rejects this rerun carried over (per stage) and which changed inputs it redid."""
+    if any(carried.values()):
+        per = ", ".join(f"{k} {v}" for k, v in carried.items() if v)
+        console.print(f"[yellow]rejects carried over from an earlier run:[/] {sum(carried.values())} ({per}); "
+                      "--retry-rejects retries them")
+    for stage, keys in redone.items():
+        console.print(f"{stage}: redid {len(keys)} changed input(s)")
+
+
+def _stage_done(stage: str, res, what: str, out) -> None:
+    """The one-line result of a stage command, with its carried-over rejects."""
+    console.print(f"{stage}: {res.n_written if res else 0} {what} written to {out}{_rejected_note(out)}")
+    if res is not None:
+        _print_resume({stage: res.n_rejects_carried}, {stage: res.redone} if res.redone else {})
+
+
+def _print_rejected(counts: dict, out, on_error: str) -> None:
+    """ "N rejected (see .../rejects.jsonl)" per stage folder of a feedback run (always in skip mode)."""
+    from .stages.feedback import STAGE_FOLDERS
+
+    total = sum(counts.values())
+    if total or on_error == "skip":
+        per = ", ".join(f"{k} {v} ({Path(out) / STAGE_FOLDERS[k]}/rejects.jsonl)" for k, v in counts.items() if v)
+        console.print(f"{total} rejected" + (f": {per}" if per else ""))
 
 
 def _print_mass(report: dict) -> None:
@@ -198,11 +238,29 @@ def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def _prompts_file(prompts: Path):
-    from .records import Prompt
-    from .store import read_records
+def _inputs(path: Path, record_type, on_error: str = "raise", out: Optional[Path] = None, stage: Optional[str] = None,
+            what: Optional[str] = None) -> list:
+    """A stage command's input records: ``on_error`` checked first (a typo is a one-line error at
+    startup); with ``skip`` each malformed line goes to ``out/rejects.jsonl`` (file:line, reason)."""
+    from .config import ON_ERROR_CHOICES, check_choice
+    from .store import read_inputs
 
-    return list(read_records(prompts, Prompt)), prompts
+    check_choice("--on-error", on_error, ON_ERROR_CHOICES)
+    return read_inputs(path, record_type, on_error, out, stage, what=what)  # type: ignore[arg-type]
+
+
+def _prompts_file(prompts: Path, on_error: str = "raise", out: Optional[Path] = None, stage: Optional[str] = None):
+    from .records import Prompt
+
+    return _inputs(prompts, Prompt, on_error, out, stage, "prompts"), prompts
+
+
+def _rejected_note(out) -> str:
+    """ "; N rejected (see OUT/rejects.jsonl)" when the stage folder holds rejects, else ""."""
+    from .store import REJECTS_NAME, rejects_count
+
+    n = rejects_count(out)
+    return f"; {n} rejected (see {Path(out) / REJECTS_NAME})" if n else ""
 
 
 @app.command("sample")
@@ -216,6 +274,8 @@ def sample_cmd(
     max_new_tokens: Optional[int] = typer.Option(None, help="Default 512."),
     seed: Optional[int] = typer.Option(None, help="Base seed of the per-candidate seeds."),
     on_error: str = typer.Option("raise", help="raise | skip."),
+    retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
+    redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
 ) -> None:
     """Stage 1: n candidates per prompt with identical decoding (deconfounded sampling)."""
     from .config import load_config
@@ -223,9 +283,10 @@ def sample_cmd(
     from .stages.sample import SampleConfig
 
     cfg = load_config(SampleConfig, config, {"model": model, "n": n, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed})
-    recs, path = _prompts_file(prompts)
-    res = run_sample(cfg, recs, path, out, on_error)
-    console.print(f"sample: {res.n_written if res else 0} candidates written to {out}")
+    recs, path = _prompts_file(prompts, on_error, out, "sample")
+    res = run_sample(cfg, recs, path, out, on_error,
+          resume=_resume_options(retry_rejects, redo_changed))
+    _stage_done("sample", res, "candidates", out)
 
 
 @app.command("divide")
@@ -236,17 +297,20 @@ def divide_cmd(
     config: Optional[Path] = typer.Option(None, help="YAML with DivideConfig fields."),
     backend: Optional[str] = typer.Option(None, help="rules | llm."),
     on_error: str = typer.Option("raise", help="raise | skip."),
+    retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
+    redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
 ) -> None:
     """Stage 2: split each answer into atomic, self-contained factual claims."""
     from .config import load_config
     from .records import Candidate
     from .stages.divide import DivideConfig
     from .stages.feedback import run_divide
-    from .store import read_records
 
     cfg = load_config(DivideConfig, config, {"backend": backend})
-    res = run_divide(cfg, _prompts_file(prompts)[0], list(read_records(candidates, Candidate)), out, on_error)
-    console.print(f"divide: {res.n_written if res else 0} claims written to {out}")
+    res = run_divide(cfg, _prompts_file(prompts, on_error, out, "divide")[0],
+                     _inputs(candidates, Candidate, on_error, out, "divide", "candidates"), out, on_error,
+          resume=_resume_options(retry_rejects, redo_changed))
+    _stage_done("divide", res, "claims", out)
 
 
 @app.command("ask")
@@ -257,17 +321,19 @@ def ask_cmd(
     backend: Optional[str] = typer.Option(None, help="rules | llm."),
     suffix: Optional[str] = typer.Option(None, help='Appended to each question (default "Please answer yes or no.").'),
     on_error: str = typer.Option("raise", help="raise | skip."),
+    retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
+    redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
 ) -> None:
     """Stage 3: turn each claim into a yes/no question (negation and tense kept)."""
     from .config import load_config
     from .records import Claim
     from .stages.ask import AskConfig
     from .stages.feedback import run_ask
-    from .store import read_records
 
     cfg = load_config(AskConfig, config, {"backend": backend, "suffix": suffix})
-    res = run_ask(cfg, list(read_records(claims, Claim)), out, on_error)
-    console.print(f"ask: {res.n_written if res else 0} questions written to {out}")
+    res = run_ask(cfg, _inputs(claims, Claim, on_error, out, "ask", "claims"), out, on_error,
+          resume=_resume_options(retry_rejects, redo_changed))
+    _stage_done("ask", res, "questions", out)
 
 
 @app.command("conquer")
@@ -280,18 +346,20 @@ def conquer_cmd(
     mode: Optional[str] = typer.Option(None, help="direct | describe_then_answer | describe_then_match (sandbox-only stand-ins)."),
     repetition_penalty: Optional[float] = typer.Option(None, help="Reference-code fidelity switch (e.g. 1.1); off by default."),
     on_error: str = typer.Option("raise", help="raise | skip."),
+    retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
+    redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
 ) -> None:
     """Stage 4: the labeler's p_yes / p_no for every question (shared image prefix)."""
     from .config import load_config
     from .records import PolarQuestion
     from .stages.conquer import ConquerConfig
     from .stages.feedback import conquer_mass, run_conquer
-    from .store import read_records
 
     cfg = load_config(ConquerConfig, config, {"model": model, "mode": mode, "repetition_penalty": repetition_penalty})
-    recs, path = _prompts_file(prompts)
-    res = run_conquer(cfg, recs, path, list(read_records(questions, PolarQuestion)), out, on_error)
-    console.print(f"conquer: {res.n_written if res else 0} scores written to {out}")
+    recs, path = _prompts_file(prompts, on_error, out, "conquer")
+    res = run_conquer(cfg, recs, path, _inputs(questions, PolarQuestion, on_error, out, "conquer", "questions"), out, on_error,
+          resume=_resume_options(retry_rejects, redo_changed))
+    _stage_done("conquer", res, "scores", out)
     _print_mass(conquer_mass(cfg, out))
 
 
@@ -326,19 +394,15 @@ def import_rlaifv_cmd(
     parquet: Path = typer.Option(..., help="A downloaded openbmb/RLAIF-V-Dataset parquet file or folder of shards."),
     out: Path = typer.Option(..., help="Output folder: prompts.jsonl, images/, pairs/."),
 ) -> None:
-    """Import the RLAIF-V-Dataset schema as rlaifv prompts and preference pairs."""
-    import json as _json
+    """Import the RLAIF-V-Dataset schema as rlaifv prompts and preference pairs (atomic; a rerun
+    on a finished folder does nothing)."""
+    from .formats import import_rlaifv
 
-    from .formats import from_rlaifv_dataset
-    from .records import PreferencePair
-    from .store import RecordStore
-
-    prompts, pairs = from_rlaifv_dataset(parquet, (out / "images").resolve())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prompts.jsonl").write_text("".join(_json.dumps(p.to_dict()) + "\n" for p in prompts))
-    with RecordStore(out / "pairs", PreferencePair) as store:
-        store.write(pairs)
-    console.print(f"imported {len(prompts)} prompts and {len(pairs)} pairs into {out}")
+    info, before = import_rlaifv(parquet, out)
+    if before:
+        console.print(f"nothing to do: {out} already holds the import of {parquet} ({info['prompts']} prompts, {info['pairs']} pairs)")
+    else:
+        console.print(f"imported {info['prompts']} prompts and {info['pairs']} pairs into {out}")
 
 
 @app.command("export")
@@ -347,8 +411,12 @@ def export_cmd(
     fmt: str = typer.Option("trl", "--format", help="trl (TRL vision preference parquet) | rlaifv (openbmb/RLAIF-V-Dataset schema)."),
     out: Path = typer.Option(..., help="Output folder for the parquet file."),
     prompts: Optional[Path] = typer.Option(None, help="Prompts file (default: RUN/prompts/prompts.jsonl)."),
+    max_image_pixels: int = typer.Option(40_000_000, help="Refuse images larger than this (pixels, from the header; 0: no limit)."),
 ) -> None:
-    """Export preference pairs for TRL's DPOTrainer or in the RLAIF-V-Dataset schema."""
+    """Export preference pairs for TRL's DPOTrainer or in the RLAIF-V-Dataset schema.
+
+    Every image is decoded before it is embedded: a prompt naming a file that is not an image
+    (or is above --max-image-pixels) stops the export with an error naming the pair."""
     from .formats import to_rlaifv_dataset, to_trl
     from .records import PreferencePair, Prompt
     from .store import read_records
@@ -357,9 +425,9 @@ def export_cmd(
     prompt_map = {p.prompt_id: p for p in read_records(ppath, Prompt)}
     pairs = list(read_records(run / "pairs", PreferencePair))
     if fmt == "trl":
-        ds = to_trl(pairs, prompt_map, ppath.parent, out)
+        ds = to_trl(pairs, prompt_map, ppath.parent, out, max_pixels=max_image_pixels)
     elif fmt == "rlaifv":
-        ds = to_rlaifv_dataset(pairs, prompt_map, ppath.parent, out)
+        ds = to_rlaifv_dataset(pairs, prompt_map, ppath.parent, out, max_pixels=max_image_pixels)
     else:
         raise UserError(f"unknown format {fmt!r}; expected trl or rlaifv")
     console.print(f"wrote {len(ds)} pairs to {out}")
@@ -383,6 +451,7 @@ def main() -> None:
     """Console-script entry point: user errors print one line and exit 2."""
     _quiet_libraries()
     from .config import ConfigError
+    from .images import ImageError
     from .models.load import ModelLoadError
     from .records import RecordError
     from .runner import StageInputError
@@ -390,12 +459,23 @@ def main() -> None:
 
     try:
         app()
-    except (UserError, ConfigError, ModelLoadError, RecordError, StageInputError, StoreError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/red] {e}")
+    except (UserError, ConfigError, ModelLoadError, RecordError, StageInputError, StoreError, FileNotFoundError, ImageError) as e:
+        print_error(e)
         raise SystemExit(2) from e
+    except OSError as e:  # not a bad input (nothing was rejected for it): one line, exit 1, rerun to resume
+        print_error(OSError(f"{e} (an I/O error, not a bad input: nothing was rejected for it; rerun the same command to resume)"))
+        raise SystemExit(1) from e
+
+
+def print_error(e: BaseException) -> None:
+    """One line on the console, however long the message (no wrapping, no markup read into it)."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(' '.join(str(e).split()))}", soft_wrap=True)
 
 
 from . import cli_loop  # noqa: E402,F401  (registers train, iterate, best-of-n, demo on `app`)
+from . import cli_labeler  # noqa: E402,F401  (registers `sandbox finetune-labeler`)
 
 if __name__ == "__main__":  # `python -m rlaifv.cli`: run the package module, whose app has every command
     from rlaifv.cli import main as _main

@@ -42,7 +42,15 @@ def train_cmd(
     last = summary.get("last", {})
     _metric_table(f"train -> {cfg.out}", [{"model": "value", "pairs": summary["pairs"], "steps": summary["steps"],
                                             "loss": last.get("loss"), "reward acc": last.get("acc"),
-                                            "seconds": summary["seconds"], "checkpoints": len(summary["checkpoints"])}])
+                                            "seconds": summary["seconds"], "checkpoints": len(summary["checkpoints"]),
+                                            "rejected": summary.get("rejected", 0)}])
+    _print_rejected_line(summary.get("rejected", 0), Path(cfg.out), cfg.on_error)
+
+
+def _print_rejected_line(n: int, folder: Path, on_error: str) -> None:
+    """ "N rejected (see FOLDER/rejects.jsonl)": always in skip mode, and whenever N > 0."""
+    if n or on_error == "skip":
+        console.print(f"{n} rejected (see {folder / 'rejects.jsonl'})")
 
 
 def _comma_list(value: Optional[str], flag: str, kind: type = str) -> Optional[list]:
@@ -99,6 +107,7 @@ def best_of_n_cmd(
     summary = best_of_n_run(cfg)
     if summary:
         _metric_table(f"best-of-{cfg.sample.n} ({cfg.scorer}) -> {cfg.out}", [{"model": "value", **summary}])
+        _print_rejected_line(summary.get("rejected", 0), Path(cfg.out) / "results", cfg.on_error)
 
 
 @app.command("iterate")

@@ -13,18 +13,21 @@ re-encoded, so pixels and hashes survive every round trip.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import logging
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import datasets
 from PIL import Image, UnidentifiedImageError
 
-from .images import image_bytes_of
+from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, check_image_bytes, check_pixels, image_bytes_of, image_path
 from .records import Prompt, PreferencePair, RecordError
 
 log = logging.getLogger(__name__)
@@ -61,12 +64,28 @@ def rlaifv_features() -> datasets.Features:
     return datasets.Features({name: datasets.Image() if name == "image" else text for name in RLAIFV_COLUMNS})
 
 
-def _image_cell(pair: PreferencePair, prompts: Mapping[str, Prompt], base_dir: Path | None) -> dict[str, Any]:
-    """{bytes, path} of a pair's image: the original file bytes, never re-encoded."""
+def _image_cell(pair: PreferencePair, prompts: Mapping[str, Prompt], base_dir: Path | None,
+                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, checked: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """{bytes, path} of a pair's image: the original file bytes, never re-encoded.
+
+    The bytes are first decoded in full (and held to ``max_pixels``): a prompt's path may name
+    any file (``../../etc/passwd``), which must not be shipped as image bytes. RecordError
+    names the pair and its prompt. ``checked`` remembers prompts already verified (one decode
+    per prompt, not per pair).
+    """
     prompt = prompts.get(pair.prompt_id)
     if prompt is None:
         raise RecordError(f"pair {pair.id!r}: prompt {pair.prompt_id!r} is not in prompts")
-    data = image_bytes_of(prompt, base_dir)
+    checked = {} if checked is None else checked
+    if pair.prompt_id not in checked:
+        try:
+            data = image_bytes_of(prompt, base_dir)
+            where = "inline image_bytes" if prompt.image_bytes is not None else str(image_path(prompt, base_dir))
+            check_image_bytes(data, f"prompt {pair.prompt_id!r}", where, max_pixels)
+        except ImageError as e:
+            raise RecordError(f"pair {pair.id!r}: {e}") from e
+        checked[pair.prompt_id] = data
+    data = checked[pair.prompt_id]
     name = Path(prompt.image).name if prompt.image else f"{_digest(data)}{_extension(data, pair.id)}"
     return {"bytes": data, "path": name}
 
@@ -80,16 +99,18 @@ def _write(rows: dict[str, list[Any]], features: datasets.Features, path: Path) 
 
 
 def to_trl(pairs: Sequence[PreferencePair], prompts: Mapping[str, Prompt], base_dir: PathLike | None,
-           out_dir: PathLike, filename: str = TRL_FILE) -> datasets.Dataset:
+           out_dir: PathLike, filename: str = TRL_FILE, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> datasets.Dataset:
     """Write ``out_dir/filename`` in TRL's conversational vision preference format; return it.
 
     ``base_dir`` resolves relative image paths (the prompts file's folder). Load it back with
-    ``datasets.load_dataset("parquet", data_files=...)``; images decode to PIL.
+    ``datasets.load_dataset("parquet", data_files=...)``; images decode to PIL. A prompt whose
+    file is not a decodable image within ``max_pixels`` is a RecordError naming the pair.
     """
     base = Path(base_dir) if base_dir is not None else None
     rows: dict[str, list[Any]] = {name: [] for name in trl_features()}
+    checked: dict[str, bytes] = {}
     for pair in pairs:
-        rows["images"].append([_image_cell(pair, prompts, base)])
+        rows["images"].append([_image_cell(pair, prompts, base, max_pixels, checked)])
         rows["prompt"].append([{"role": "user", "content": [{"type": "image", "text": None},
                                                             {"type": "text", "text": pair.question}]}])
         rows["chosen"].append([{"role": "assistant", "content": [{"type": "text", "text": pair.chosen}]}])
@@ -100,19 +121,22 @@ def to_trl(pairs: Sequence[PreferencePair], prompts: Mapping[str, Prompt], base_
 
 def to_rlaifv_dataset(pairs: Sequence[PreferencePair], prompts: Mapping[str, Prompt], base_dir: PathLike | None,
                       out_dir: PathLike, ds_name: str = "rlaifv", generator_model: str = "",
-                      labeler_model: str = "", filename: str = RLAIFV_FILE) -> datasets.Dataset:
+                      labeler_model: str = "", filename: str = RLAIFV_FILE,
+                      max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> datasets.Dataset:
     """Write ``out_dir/filename`` in the ``openbmb/RLAIF-V-Dataset`` schema; return it.
 
     ``idx`` is the row index (a string, as in the hub data). ``origin_split`` is a JSON string
     ``{"model", "feedback_model", "type"}``: generator and labeler model (arguments, else
     ``provenance["generator_model"|"labeler_model"]``) and the question type
     (``prompt.metadata["question_type"]``, e.g. "detailed description" / "question answering").
-    ``origin_dataset`` is ``prompt.metadata["origin_dataset"]`` or ``ds_name``.
+    ``origin_dataset`` is ``prompt.metadata["origin_dataset"]`` or ``ds_name``. A prompt whose
+    file is not a decodable image within ``max_pixels`` is a RecordError naming the pair.
     """
     base = Path(base_dir) if base_dir is not None else None
     rows: dict[str, list[Any]] = {name: [] for name in RLAIFV_COLUMNS}
+    checked: dict[str, bytes] = {}
     for i, pair in enumerate(pairs):
-        image = _image_cell(pair, prompts, base)
+        image = _image_cell(pair, prompts, base, max_pixels, checked)
         meta = prompts[pair.prompt_id].metadata
         split = {"model": generator_model or pair.provenance.get("generator_model", ""),
                  "feedback_model": labeler_model or pair.provenance.get("labeler_model", ""),
@@ -134,11 +158,20 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-def _extension(data: bytes, label: str) -> str:
-    """File extension from the image header (PIL reads the header only: nothing is decoded)."""
+def _extension(data: bytes, label: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str:
+    """File extension from the image header (PIL reads the header only: nothing is decoded);
+    RecordError naming the row when it is no image or larger than ``max_pixels`` (0: no limit)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():  # the size is checked here, not warned about
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
             fmt = (img.format or "").lower()
+            check_pixels(img.size, label, "(inline bytes)", max_pixels)
+    except ImageError as e:
+        raise RecordError(str(e)) from e
+    except Image.DecompressionBombError as e:
+        raise RecordError(f"{label}: image is too large to decode ({e})") from e
     except (UnidentifiedImageError, OSError) as e:
         raise RecordError(f"{label}: image bytes are not a readable image ({e})") from e
     return {"jpeg": ".jpg", "": ".img"}.get(fmt, f".{fmt}")
@@ -158,10 +191,14 @@ def _parquet_files(path: Path) -> list[Path]:
 
 def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(label, row) of each row, label = ``file row N (0-based; ds_name=..., idx=...)``."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     for file in _parquet_files(path):
-        pf = pq.ParquetFile(file)
+        try:
+            pf = pq.ParquetFile(file)
+        except (pa.ArrowException, OSError) as e:  # ArrowInvalid: not a parquet file at all
+            raise RecordError(f"{file}: not a readable parquet file ({e})") from e
         missing = [c for c in RLAIFV_COLUMNS if c not in pf.schema_arrow.names]
         if missing:
             raise RecordError(f"{file}: not an RLAIF-V-Dataset parquet, missing column(s) {missing}")
@@ -258,3 +295,48 @@ def from_rlaifv_dataset(parquet_path: PathLike, image_dir: PathLike | None) -> t
             continue
         pairs[pair.id] = pair
     return list(prompts.values()), list(pairs.values())
+
+
+IMPORT_DONE = "import.json"
+
+
+def import_rlaifv(parquet_path: PathLike, out: PathLike) -> tuple[dict[str, Any], bool]:
+    """``rlaifv import-rlaifv``: prompts.jsonl, images/ and pairs/ in ``out``; (info, done before).
+
+    Atomic: everything is built in ``out.importing/`` and renamed to ``out`` at the end (a kill
+    leaves no half import; the rerun starts the temporary folder over). Idempotent: a finished
+    ``out`` holds ``import.json`` (source and its sha256); rerunning on the same source does
+    nothing, another source is refused. Image paths are relative to ``out``, so the folder moves.
+    """
+    from .store import RecordStore, StoreError, _fsync_dir, fingerprint
+
+    source, out = Path(parquet_path), Path(out)
+    digest = fingerprint(source)
+    if (out / IMPORT_DONE).exists():
+        info = json.loads((out / IMPORT_DONE).read_text())
+        if info.get("sha256") != digest:
+            raise StoreError(f"{out} already holds the import of {info.get('source')}, not of {source} (other content); "
+                             "use a new --out folder")
+        return info, True
+    if out.exists() and any(out.iterdir()):
+        raise StoreError(f"{out} exists and is not a finished import (no {IMPORT_DONE}); use a new --out folder or delete it")
+    tmp = out.with_name(out.name + ".importing")
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed import's leftovers: start over
+    try:
+        prompts, pairs = from_rlaifv_dataset(source, tmp / "images")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    relative = lambda path: os.path.relpath(path, tmp) if path else path  # noqa: E731
+    prompts = [dataclasses.replace(p, image=relative(p.image)) for p in prompts]
+    pairs = [dataclasses.replace(q, image=relative(q.image)) for q in pairs]
+    (tmp / "prompts.jsonl").write_text("".join(json.dumps(p.to_dict()) + "\n" for p in prompts))
+    with RecordStore(tmp / "pairs", PreferencePair) as store:
+        store.write(pairs)
+    info = {"source": str(source.resolve()), "sha256": digest, "prompts": len(prompts), "pairs": len(pairs)}
+    (tmp / IMPORT_DONE).write_text(json.dumps(info, indent=2) + "\n")
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    os.replace(tmp, out)
+    _fsync_dir(out.parent if str(out.parent) else Path("."))
+    return info, False

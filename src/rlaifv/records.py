@@ -11,6 +11,8 @@ PolarQuestion (ask) -> ClaimScore (conquer) -> ScoredCandidate -> PreferencePair
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -58,8 +60,48 @@ class Record:
             rec = cls(**{k: v for k, v in d.items() if k in names})
         except TypeError as e:
             raise RecordError(f"{cls.kind} {label!r}: {e}") from e
+        _check_field_types(rec, f"{cls.kind} {label!r}")
         rec.validate()
         return rec
+
+
+def _fits(value: Any, typ: Any) -> bool:
+    """Does a JSON value fit a field annotation? (str, int, float, bool, bytes, X | None, list[X],
+    dict; ints count as floats, bools as neither; other annotations are not checked)."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if typ is type(None):
+        return value is None
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typ in (str, bool, bytes):
+        return isinstance(value, typ)
+    if origin is list or typ is list:
+        return isinstance(value, list) and (not args or all(_fits(v, args[0]) for v in value))
+    if origin is dict or typ is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _check_field_types(rec: "Record", label: str) -> None:
+    """RecordError naming the record and field when a field holds a value of the wrong JSON type
+    (e.g. ``"image": 123``), so it fails here instead of as a traceback deep in a stage."""
+    hints = typing.get_type_hints(type(rec))
+    for f in dataclasses.fields(rec):
+        value = getattr(rec, f.name)
+        if f.name in hints and not _fits(value, hints[f.name]):
+            raise RecordError(f"{label}: field {f.name!r} must be {_type_name(hints[f.name])}, got {value!r:.60} ({type(value).__name__})")
+
+
+def _type_name(typ: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", bytes: "bytes",
+             type(None): "null", dict: "a mapping", list: "a list"}
+    typ = typing.get_origin(typ) if typing.get_origin(typ) in (dict, list) else typ
+    args = [a for a in typing.get_args(typ)] if typing.get_origin(typ) in (typing.Union, types.UnionType) else [typ]
+    return " or ".join(names.get(a, getattr(a, "__name__", None) or str(a)) for a in args)
 
 
 def _required(f: dataclasses.Field) -> bool:
@@ -100,6 +142,11 @@ class Prompt(Record):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Prompt":
+        if isinstance(d, dict) and isinstance(d.get("image"), dict) and set(d["image"]) <= {"bytes", "path"}:
+            # a Hugging Face `datasets` Image() column: {"bytes": ..., "path": ...}; bytes win
+            cell = d["image"]
+            d = {**d, "image": None if cell.get("bytes") else cell.get("path"),
+                 "image_bytes": cell.get("bytes") or d.get("image_bytes")}
         if isinstance(d, dict) and isinstance(d.get("image_bytes"), str):
             import base64
 

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generic, Sequence, TypeVar
 
+from .config import ConfigError
 from .progress import progress_bar
 from .records import Record, RecordError
+from .resume import FingerprintLog, carried_rejects, check_resume, record_fingerprint, recover_redo, set_rejects_aside
 from .store import OnError, RecordStore, RejectsFile, handle_bad, shard_of, write_manifest
 
 I = TypeVar("I")
@@ -45,6 +47,8 @@ class StageResult(Generic[I]):
     n_rejected: int = 0
     n_written: int = 0
     rejected: list[str] = field(default_factory=list)
+    n_rejects_carried: int = 0  # inputs an earlier run rejected, still set aside (not retried)
+    redone: list[str] = field(default_factory=list)  # done inputs that changed and were redone (--redo-changed)
 
 
 class StageInputError(ValueError):
@@ -81,13 +85,15 @@ def _cut_torn_tail(path: Path) -> None:
 class _Progress:
     """Append-only, fsync'd list of finished input keys."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, before_mark: Callable[[Sequence[str]], None] | None = None) -> None:
+        self.path, self.before_mark = path, before_mark  # before_mark: e.g. store the inputs' fingerprints
         _cut_torn_tail(path)
         self.done: set[str] = set(read_progress(path))
         self._f = open(path, "a")
 
     def mark(self, keys: Sequence[str]) -> None:
+        if self.before_mark is not None:
+            self.before_mark(keys)
         self._f.write("".join(json.dumps(k) + "\n" for k in keys))
         self._f.flush()
         os.fsync(self._f.fileno())
@@ -155,41 +161,99 @@ def run_stage(
     rank: int = 0,
     world_size: int = 1,
     show_progress: bool = True,
+    fingerprint: Callable[[I], str | None] | None = None,
+    record_key: Callable[[Record], str] | None = None,
+    retry_rejects: bool = False,
+    redo_changed: bool = False,
 ) -> StageResult[I]:
-    """Process every input not yet done, ``batch_size`` at a time, into ``out_dir``."""
+    """Process every input not yet done, ``batch_size`` at a time, into ``out_dir``.
+
+    Resume integrity (``resume.py``): ``fingerprint(input)`` (default: the record's content) is
+    stored when an input is done; a done input that changed since is refused, or with
+    ``redo_changed`` its outputs (found by ``record_key(output) == key(input)``) are dropped and
+    it is redone. ``retry_rejects`` retries inputs an earlier run rejected (old entries kept aside).
+    """
     out = Path(out_dir) / f"rank-{rank}" if world_size > 1 else Path(out_dir)
+    recover_redo(out)
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out, stage, config, seeds or {}, list(input_paths))
     mine = [x for x in inputs if world_size == 1 or shard_of(key(x), world_size) == rank]
     res: StageResult[I] = StageResult(out, n_inputs=len(mine))
+    fplog = _resume_checks(stage, out, record_type, mine, key, fingerprint or record_fingerprint, record_key,
+                           retry_rejects, redo_changed, res)
     with RecordStore(out, record_type) as store, RejectsFile(out, stage) as rejects:
-        prog = _Progress(out / PROGRESS_NAME)
+        res.n_rejects_carried = carried_rejects(rejects, (key(x) for x in mine))
+        prog = _Progress(out / PROGRESS_NAME, before_mark=fplog.mark)
         try:
-            todo = [x for x in mine if key(x) not in prog.done and key(x) not in rejects.rejected_ids()]
-            res.n_skipped_done = len(mine) - len(todo)
+            batches = todo_batches(mine, key, prog.done, set(rejects.rejected_ids()), batch_size)
+            n_todo = sum(len(b) for b, _ in batches)
+            res.n_skipped_done = len(mine) - n_todo
             written = store.done_ids()
             label = f"{stage} (rank {rank}/{world_size})" if world_size > 1 else stage
+            n_seen = 0
             with progress_bar(label, show_progress) as bar:
-                for start in range(0, len(todo), batch_size):
-                    batch = todo[start : start + batch_size]
-                    records, ok = _process_batch(batch, key, process, on_error, rejects, stage, res)
+                for batch, alone in batches:
+                    run = _one_by_one if alone else _process_batch
+                    records, ok = run(batch, key, process, on_error, rejects, stage, res)
                     fresh = [r for r in records if r.id not in written]
                     store.write(fresh)
                     written.update(r.id for r in fresh)
                     prog.mark([key(x) for x in ok])
                     res.n_processed += len(ok)
                     res.n_written += len(fresh)
-                    bar(min(start + batch_size, len(todo)), len(todo), f"{res.n_written} records")
+                    n_seen += len(batch)
+                    bar(n_seen, n_todo, f"{res.n_written} records")
         finally:
             prog.close()
     return res
 
 
+def todo_batches(mine: Sequence[I], key: Callable[[I], str], done: set[str], rejected: set[str],
+                 batch_size: int) -> list[tuple[list[I], bool]]:
+    """The batches left to run, as ``(inputs, one_by_one)``, cut from the FULL input list.
+
+    Cutting from what is left would group inputs differently after a kill or a reject than an
+    uninterrupted run did; here done and rejected inputs are dropped inside their original
+    batch, so every input meets the same companions. A batch holding an input an earlier run
+    rejected runs one input at a time, as that run did once the bad input failed the batch.
+    Stages are also batch-independent by construction (``stages/sample.py``); this keeps
+    reruns byte-identical for any stage whose output might depend on its batch.
+    """
+    out: list[tuple[list[I], bool]] = []
+    for start in range(0, len(mine), batch_size):
+        full = list(mine[start : start + batch_size])
+        left = [x for x in full if key(x) not in done and key(x) not in rejected]
+        if left:
+            out.append((left, len(left) > 1 and any(key(x) in rejected for x in full)))
+    return out
+
+
+def _resume_checks(stage: str, out: Path, record_type: type[Record], mine: Sequence[I], key: Callable[[I], str],
+                   fingerprint: Callable[[I], str | None], record_key: Callable[[Record], str] | None,
+                   retry_rejects: bool, redo_changed: bool,
+                   res: StageResult) -> FingerprintLog:
+    """Before a (re)run: refuse or redo changed done inputs, set old rejects aside if asked;
+    returns the log that stores each input's fingerprint when it is marked done."""
+    res.redone = check_resume(stage, out, mine, key, fingerprint, read_progress(out / PROGRESS_NAME),
+                              redo_changed, record_type, record_key)
+    if retry_rejects:
+        set_rejects_aside(out, (key(x) for x in mine))
+    by_key = {key(x): x for x in mine}
+    return FingerprintLog(out, lambda k: fingerprint(by_key[k]) if k in by_key else None)
+
+
 def _process_batch(batch, key, process, on_error: OnError, rejects: RejectsFile, stage: str, res: StageResult):
-    """Run a batch; on error with 'skip', retry one by one and reject the failing inputs."""
+    """Run a batch; on error with 'skip', retry one by one and reject the failing inputs.
+
+    Only errors about an input are its fault: a ConfigError (a setting no input can satisfy) and
+    a bare OSError (disk full, a network hiccup; unreadable images arrive as ImageError) stop the
+    run, so a transient failure never rejects records for good.
+    """
     try:
         return process(batch), batch
-    except (RecordError, ValueError, OSError, FloatingPointError) as e:
+    except ConfigError:
+        raise
+    except (RecordError, ValueError, FloatingPointError) as e:
         if on_error == "raise":
             if len(batch) == 1:
                 raise StageInputError(f"{stage}: input {key(batch[0])!r}: {e} (use --on-error skip to set such inputs aside)") from e

@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Callable, Generic, Iterable, Iterator, Literal, TypeVar
 
+from .manifest_paths import changed_inputs, same_path
 from .records import Record, RecordError
 
 log = logging.getLogger(__name__)
@@ -407,8 +408,21 @@ def _parquet_rows(path: Path, record_type: type[Record]) -> Iterator[tuple[str, 
             yield f"{path}:{rowno}", {k: v for k, v in row.items() if v is not None or k not in defaulted}
 
 
+#: Files only a stage folder holds (``write_manifest``, ``runner.run_stage``, a ``RecordStore``'s lock).
+STAGE_MARKERS = (MANIFEST_NAME, "progress.jsonl", LOCK_NAME)
+
+
+def is_stage_folder(path: Path) -> bool:
+    """A folder a stage or RecordStore wrote (manifest, progress or lock file): its records are its shards only."""
+    return any((path / name).exists() for name in STAGE_MARKERS)
+
+
 def _input_files(path: Path) -> list[Path]:
-    """A file itself; for a folder its shards in write order, else its *.jsonl and *.parquet."""
+    """A file itself; for a folder its shards in write order, else its *.jsonl and *.parquet.
+
+    A stage folder without shards holds 0 records: its ``rejects.jsonl`` / ``progress.jsonl``
+    are bookkeeping, never records of the stage's type.
+    """
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -416,6 +430,9 @@ def _input_files(path: Path) -> list[Path]:
     shards = [p for _, _, p in _list_shards(path)]
     if shards and shards[-1].name.endswith(".partial"):
         log.warning("%s has an unfinished shard: the stage that wrote it may not have completed", path)
+    if not shards and is_stage_folder(path):  # a stage that wrote nothing: its rejects/progress are not records
+        log.warning("%s is a stage folder with no output shards: reading it as 0 records", path)
+        return []
     files = shards or sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet"))
     if not files:
         raise FileNotFoundError(f"input folder {path} holds no shard-*.jsonl, *.jsonl or *.parquet files")
@@ -445,6 +462,38 @@ def read_records(path: PathLike, record_type: type[R], on_error: OnError = "rais
             yield rec
 
 
+def read_inputs(path: PathLike, record_type: type[R], on_error: OnError = "raise", rejects_dir: PathLike | None = None,
+                stage: str | None = None, what: str | None = None) -> list[R]:
+    """Every record of a stage's input file, read before the stage's first record.
+
+    ``raise``: the first malformed line stops with a RecordError naming file:line. ``skip``: each
+    malformed line (bad JSON, not an object, invalid or duplicate record) goes to
+    ``rejects_dir/rejects.jsonl`` with file:line and reason (a warning when there is no
+    ``rejects_dir``, e.g. on a non-zero rank), and the good records are returned.
+    ``what`` (e.g. "prompts"): no records at all is an error "no prompts in FILE", not an empty run.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    logged = on_error == "skip" and rejects_dir is not None
+    if logged:
+        with RejectsFile(rejects_dir, stage) as rejects:  # type: ignore[arg-type]
+            records = list(read_records(path, record_type, "skip", rejects))
+    else:
+        records = list(read_records(path, record_type, on_error))
+    if what and not records:
+        why = f" (bad lines, if any, are in {Path(rejects_dir) / REJECTS_NAME})" if logged else ""  # type: ignore[arg-type]
+        raise RecordError(f"no {what} in {path}{why}")
+    return records
+
+
+def rejects_count(directory: PathLike) -> int:
+    """How many entries a stage folder's ``rejects.jsonl`` holds (0 without one)."""
+    path = Path(directory) / REJECTS_NAME
+    if not path.exists():
+        return 0
+    return sum(1 for line in path.read_bytes().splitlines() if line.strip())
+
+
 def package_versions() -> dict[str, str | None]:
     """Python and key package versions (None when a package is not installed)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
@@ -471,25 +520,35 @@ def fingerprint(path: PathLike) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _check_same_run(directory: Path, old: Row, new: Row) -> None:
-    """StoreError if resuming ``directory`` would mix outputs of different stages/configs/seeds."""
+def _check_same_run(directory: Path, old: Row, new: Row, check_inputs: bool = False) -> None:
+    """StoreError if resuming ``directory`` would mix outputs of different stages/configs/seeds.
+
+    Path values are compared by what they name (``manifest_paths.same_path``: spelling, working
+    directory and a moved run folder do not count); with ``check_inputs`` the inputs' content
+    fingerprints must match too.
+    """
     diffs = []
     for section in ("stage", "config", "seeds"):
         a, b = old.get(section), new[section]
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}"
-                      for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            diffs += [f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                      if a.get(k) != b.get(k) and not same_path(a.get(k), b.get(k), old, new)]
         elif a != b:
             diffs.append(f"{section}: {a!r} -> {b!r}")
+    if check_inputs:
+        diffs += changed_inputs(old, new)
     if diffs:
         raise StoreError(f"{directory} holds output of a different run ({'; '.join(diffs)}). "
                          "Use a new output directory, or pass --overwrite to discard the old output.")
 
 
-def write_manifest(directory: PathLike, stage: str, config: Row, seeds: Row, inputs: Iterable[PathLike]) -> Row:
+def write_manifest(directory: PathLike, stage: str, config: Row, seeds: Row, inputs: Iterable[PathLike],
+                   check_inputs: bool = False) -> Row:
     """Write (or on resume, check and update) ``manifest.json``; returns the manifest.
 
-    Raises StoreError if the folder already holds a manifest of another stage, config or seeds.
+    Raises StoreError if the folder already holds a manifest of another stage, config or seeds
+    (or, with ``check_inputs``, of inputs whose content changed). ``cwd`` and ``location`` are
+    stored so that later runs compare paths by what they name, not by their spelling.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -497,11 +556,11 @@ def write_manifest(directory: PathLike, stage: str, config: Row, seeds: Row, inp
     # JSON round-trip: compare configs the way they are stored (tuples -> lists, Paths -> str)
     normalized = json.loads(json.dumps({"config": config, "seeds": seeds}, sort_keys=True, default=str))
     manifest = {"stage": stage, **normalized, "versions": package_versions(), "created": now, "updated": now,
-                "hostname": socket.gethostname(),
+                "hostname": socket.gethostname(), "cwd": os.getcwd(), "location": str(directory.resolve()),
                 "inputs": [{"path": str(Path(p).resolve()), "sha256": fingerprint(p)} for p in inputs]}
     old = read_manifest(directory)
     if old is not None:
-        _check_same_run(directory, old, manifest)
+        _check_same_run(directory, old, manifest, check_inputs)
         manifest["created"] = old.get("created", now)
     tmp = directory / (MANIFEST_NAME + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:

@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 SANDBOX_MODELS = ("policy", "labeler")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -163,7 +164,7 @@ def _load_adapter(path: Path, dtype: torch.dtype):
         model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
         model = PeftModel.from_pretrained(model, path)
         processor = load_processor(path if _has_processor(path) else base)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise ModelLoadError(f"cannot load the adapter {path} over {base}: {e}") from e
     return model, processor
 
@@ -184,9 +185,17 @@ def load_vlm(name: str | Path, device: str = "cpu", dtype: str = "float32"):
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
         processor = load_processor(path)
+    except SafetensorError as e:  # a truncated / corrupt weights file: say which one
+        raise ModelLoadError(f"cannot load a VLM from {path}: {_weight_files(path)} is corrupt or truncated ({e})") from e
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load a VLM from {path}: {e}") from e
     return model.to(device).eval(), processor
+
+
+def _weight_files(path: Path) -> str:
+    """The folder's weight files by name (what a truncated download or copy leaves broken)."""
+    names = sorted(p.name for p in Path(path).glob("*.safetensors"))
+    return ", ".join(names) if names else "a weights file"
 
 
 def unwrap_peft(model):

@@ -32,6 +32,8 @@ class SandboxEvalConfig:
 
     n_scenes: int = 200
     split: str = "test"
+    #: first scene index of the slice (e.g. 10000: test scenes no recipe was tuned on)
+    start: int = 0
     seed: int = 0
     temperature: float = 0.7
     max_new_tokens: int = 96
@@ -128,7 +130,7 @@ def evaluate_sandbox(model, processor, cfg: SandboxEvalConfig | None = None, wor
     """
     cfg = cfg or SandboxEvalConfig()
     world = world or WorldConfig()
-    scenes = World(world).scenes(cfg.n_scenes, cfg.split)
+    scenes = World(world).scenes(cfg.n_scenes, cfg.split, start=cfg.start)
     images = [render(s, world.image_size) for s in scenes]
     model.eval()
     out: dict[str, Any] = {"config": asdict(cfg)}

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..config import check_choice
 from ..records import Claim, PolarQuestion
 from .english import (
     CONTRACTIONS, DETERMINERS, HAVE_FORMS, SUBJECT_PRONOUNS, bare, find_finite_verb, is_participle,
@@ -47,6 +48,9 @@ class AskConfig:
     suffix: str = field(default=DEFAULT_SUFFIX, metadata={"help": "appended after the question ('' = none)"})
     llm: LLMConfig = field(default_factory=lambda: LLMConfig(max_new_tokens=64), metadata={"help": "local chat LLM (backend llm)"})
     endpoint: EndpointConfig = field(default_factory=EndpointConfig, metadata={"help": "OpenAI-compatible server; overrides llm.model_path"})
+
+    def __post_init__(self) -> None:
+        check_choice("ask.backend", self.backend, ("rules", "llm"))
 
 
 def ask(claims: Sequence[Claim], cfg: AskConfig | None = None, lm: ChatLM | None = None) -> list[PolarQuestion]:

@@ -47,8 +47,9 @@ from ..models.answers import answer_logprobs
 from ..models.chat import answer_ids
 from ..models.load import load_vlm, unwrap_peft
 from ..records import Candidate, Prompt, Record, RecordError
+from ..resume import prompt_fingerprint
 from ..runner import local_device, rank_and_world
-from ..store import read_records
+from ..store import read_inputs, read_records, rejects_count
 from .ask import AskConfig, ask
 from .conquer import ConquerConfig, conquer
 from .divide import DivideConfig, divide
@@ -408,7 +409,8 @@ def stage_config(cfg: BestOfNConfig) -> dict[str, Any]:
 def load_prompts(cfg: BestOfNConfig) -> tuple[list[Prompt], Path]:
     """(prompts, prompts file): ``cfg.prompts``, or ``cfg.sandbox_prompts`` scenes written to out/prompts."""
     path = prompts_file(cfg.prompts, cfg.sandbox_prompts, cfg.out, cfg.sandbox_split)
-    return list(read_records(path, Prompt)), path
+    rejects_dir = Path(cfg.out) / "results" if rank_and_world()[0] == 0 else None  # malformed lines, with on_error skip
+    return read_inputs(path, Prompt, cfg.on_error, rejects_dir, "best-of-n", what="prompts"), path  # type: ignore[arg-type]
 
 
 def run_best_of_n(cfg: BestOfNConfig, prompts: list[Prompt], prompts_path: Path, out: Path, models: BestOfNModels | None = None):
@@ -420,13 +422,14 @@ def run_best_of_n(cfg: BestOfNConfig, prompts: list[Prompt], prompts_path: Path,
         mods = models or load_models(cfg)
 
         def process(batch: list[Prompt]) -> list[BestOfNResult]:
-            return best_of_n(mods, batch, [load_image(p, base) for p in batch], cfg)
+            return best_of_n(mods, batch, [load_image(p, base, cfg.sample.max_image_pixels) for p in batch], cfg)
 
         return process
 
     return _run("best-of-n", Path(out), BestOfNResult, prompts, lambda p: p.prompt_id, make_process, lambda r: r.prompt_id,
                 config=stage_config(cfg), seeds={"seed": cfg.sample.seed}, input_paths=[prompts_path],
-                batch_size=cfg.sample.prompts_per_batch, on_error=cfg.on_error, rank=None, world=None)
+                batch_size=cfg.sample.prompts_per_batch, on_error=cfg.on_error, rank=None, world=None,
+                fingerprint=lambda p: prompt_fingerprint(p, base))  # question + image bytes: a changed prompt is noticed
 
 
 def summarize(results: Sequence[BestOfNResult]) -> dict[str, Any]:
@@ -453,6 +456,7 @@ def best_of_n_run(cfg: BestOfNConfig) -> dict[str, Any]:
     if rank_and_world()[0] != 0:
         return {}
     summary = summarize(list(read_records(out / "results", BestOfNResult)))
+    summary["rejected"] = rejects_count(out / "results")  # see out/results/rejects.jsonl
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, out / "summary.json")

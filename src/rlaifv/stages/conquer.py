@@ -59,6 +59,10 @@ class ConquerConfig:
     yes_tokens: list | None = None  # override: first-answer tokens read as "yes" (vocabulary strings or ids), e.g. ["▁Yes", "▁yes"]
     no_tokens: list | None = None  # override: first-answer tokens read as "no"; both or neither
     min_mean_mass: float = 0.5  # warn when the mean yes+no probability mass falls below this
+    #: longest question prompt (image [+ description] + question tokens) scored; longer ones are bad
+    #: inputs (the prompt's record is refused). 0: the labeler's context (``models/context.py``)
+    max_prompt_tokens: int = 0
+    max_image_pixels: int = 40_000_000  # larger images are bad inputs, refused from their header (0: no limit)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -147,8 +151,9 @@ def conquer(model, processor, groups: Sequence[tuple[Image.Image, list[PolarQues
     if cfg.mode == "describe_then_match":
         return _describe_then_match(model, processor, groups, cfg)
     if cfg.mode == "describe_then_answer":
-        texts = generate_answers(model, processor, [g[0] for g in groups], [cfg.describe_prompt] * len(groups), max_new_tokens=cfg.describe_max_new_tokens)
+        texts = _describe(model, processor, groups, cfg)
         history_of = [[(cfg.describe_prompt, t)] for t in texts]
+    check_conquer_prompts(model, processor, groups, history_of, cfg)
     out: list[ClaimScore] = []
     for (image, questions), history in zip(groups, history_of):
         if not questions:
@@ -158,10 +163,36 @@ def conquer(model, processor, groups: Sequence[tuple[Image.Image, list[PolarQues
     return out
 
 
+def check_conquer_prompts(model, processor, groups: Sequence[tuple[Image.Image, list[PolarQuestion]]],
+                          histories: Sequence[Sequence[tuple[str, str]]], cfg: ConquerConfig) -> None:
+    """PromptTooLongError naming the first claim whose question prompt exceeds the limit, before it is scored.
+
+    Direct mode checks before any forward; ``describe_then_answer`` after the description is
+    written (it is part of the prompt). ``describe_then_match`` feeds no question to the model.
+    """
+    from ..models.context import check_question_lengths, prompt_token_limit
+
+    limit, why = prompt_token_limit(model, cfg.max_prompt_tokens, 0, "conquer")
+    for (image, questions), history in zip(groups, histories):
+        check_question_lengths(processor, image, [f"claim {q.claim_id!r}" for q in questions], [q.question for q in questions],
+                               limit, why, history)
+
+
+def _describe(model, processor, groups, cfg: ConquerConfig) -> list[str]:
+    """The labeler's greedy description of each group's image, one generation call per image.
+
+    Batching images together would make a description depend on its batch companions (left
+    padding and the row count change float rounding, which can flip a greedy token), and so
+    on how the runner cut its batches; see ``stages/sample.py``.
+    """
+    return [generate_answers(model, processor, [image], [cfg.describe_prompt], max_new_tokens=cfg.describe_max_new_tokens)[0]
+            for image, _ in groups]
+
+
 def _describe_then_match(model, processor, groups, cfg: ConquerConfig) -> list[ClaimScore]:
     from ..sandbox.parse import parse_answer, parse_sentence
 
-    texts = generate_answers(model, processor, [g[0] for g in groups], [cfg.describe_prompt] * len(groups), max_new_tokens=cfg.describe_max_new_tokens)
+    texts = _describe(model, processor, groups, cfg)
     out: list[ClaimScore] = []
     for (_, questions), text in zip(groups, texts):
         seen = parse_answer(text).mentions

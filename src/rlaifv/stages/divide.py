@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..config import check_choice
 from ..records import Candidate, Claim
 from .english import (
     AUXILIARIES, BE_FORMS, CONTRACTIONS, DETERMINERS, PLURAL_DETERMINERS, PREPOSITIONS, RELATIVES,
@@ -67,6 +68,9 @@ class DivideConfig:
     max_claim_words: int = field(default=50, metadata={"help": "llm: drop parsed lines longer than this"})
     llm: LLMConfig = field(default_factory=LLMConfig, metadata={"help": "local chat LLM (backend llm)"})
     endpoint: EndpointConfig = field(default_factory=EndpointConfig, metadata={"help": "OpenAI-compatible server; overrides llm.model_path"})
+
+    def __post_init__(self) -> None:
+        check_choice("divide.backend", self.backend, ("rules", "llm"))
 
 
 @dataclass

@@ -26,13 +26,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..config import ConfigError
+from ..config import ON_ERROR_CHOICES, ConfigError, check_choice
 from ..images import load_image
 from ..models.load import load_vlm
 from ..records import Candidate, Claim, ClaimScore, PolarQuestion, PreferencePair, Prompt, Record
+from ..resume import (FINGERPRINTS_NAME, ResumeOptions, check_resume, content_fingerprint, merge_fingerprints, prompt_fingerprint, record_fingerprint,
+                      set_rejects_aside)
 from ..runner import PROGRESS_NAME, barrier, local_device, rank_and_world, read_progress, run_stage
 from ..store import (LOCK_NAME, MANIFEST_NAME, REJECTS_NAME, RecordStore, RejectsFile, StoreError, _fsync_dir,
-                     _list_shards, merge_stores, read_manifest, read_records, write_manifest)
+                     _list_shards, merge_stores, read_inputs, read_manifest, read_records, rejects_count,
+                     write_manifest)
 from .ask import AskConfig, ask
 from .conquer import ConquerConfig, conquer, mass_summary
 from .divide import DivideConfig, divide
@@ -54,6 +57,9 @@ class FeedbackConfig:
     conquer: ConquerConfig = field(default_factory=ConquerConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
 
+    def __post_init__(self) -> None:
+        check_choice("on_error", self.on_error, ON_ERROR_CHOICES)
+
 
 def prompts_file(prompts: str, sandbox_prompts: int, out: str | Path, split: str = "val") -> Path:
     """The prompts file: ``prompts`` itself, or ``sandbox_prompts`` held-out sandbox scenes written
@@ -72,8 +78,20 @@ def prompts_file(prompts: str, sandbox_prompts: int, out: str | Path, split: str
 
 
 def _prompts(cfg: FeedbackConfig) -> tuple[list[Prompt], Path]:
+    """The prompts; with ``on_error: skip`` malformed lines go to the sample stage's rejects (rank 0 writes them)."""
     path = prompts_file(cfg.prompts, cfg.sandbox_prompts, cfg.out)
-    return list(read_records(path, Prompt)), path
+    rejects_dir = Path(cfg.out) / "candidates" if rank_and_world()[0] == 0 else None
+    return read_inputs(path, Prompt, cfg.on_error, rejects_dir, "sample", what="prompts"), path  # type: ignore[arg-type]
+
+
+#: stage -> its folder under ``out`` (the folders whose rejects.jsonl the summary counts)
+STAGE_FOLDERS = {"sample": "candidates", "divide": "claims", "ask": "questions", "conquer": "scores",
+                 "conquer_holistic": "holistic_scores"}
+
+
+def rejected_counts(out: Path) -> dict[str, int]:
+    """Entries in each stage folder's rejects.jsonl (bad input lines and rejected records)."""
+    return {stage: rejects_count(out / folder) for stage, folder in STAGE_FOLDERS.items() if (out / folder).exists()}
 
 
 def _base_dir(path: Path) -> Path:
@@ -104,12 +122,26 @@ def _check_world(out: Path, world: int) -> None:
                              "rerun with that many processes, or delete the rank-* folders to start the stage over")
 
 
-def _finished(out: Path, keys: Sequence[str]) -> bool:
-    """A merged (or single-process) stage folder that lists every input as done or rejected."""
+def _check_merged(stage: str, out: Path, inputs: Sequence, key: Callable[[Any], str],
+                  fingerprint: Callable[[Any], str | None] | None, resume: ResumeOptions, rank: int) -> None:
+    """Several processes: refuse changed inputs of a merged stage folder; set its rejects aside (rank 0)."""
+    if (out / PROGRESS_NAME).exists():
+        try:
+            check_resume(stage, out, inputs, key, fingerprint or record_fingerprint, read_progress(out / PROGRESS_NAME))
+        except StoreError as e:
+            if resume.redo_changed:
+                raise StoreError(f"{e}; --redo-changed runs with one process only") from e
+            raise
+    if resume.retry_rejects and rank == 0:
+        set_rejects_aside(out, (key(x) for x in inputs))
+
+
+def _finished(out: Path, keys: Sequence[str], count_rejects: bool = True) -> bool:
+    """A merged (or single-process) stage folder that lists every input as done (or rejected)."""
     if not (out / PROGRESS_NAME).exists():
         return False
     done = set(read_progress(out / PROGRESS_NAME))
-    if (out / REJECTS_NAME).exists():
+    if count_rejects and (out / REJECTS_NAME).exists():
         done |= RejectsFile(out).rejected_ids()
     return all(k in done for k in keys)
 
@@ -123,10 +155,11 @@ def _merge_ranks(out: Path, stage: str, record_type: type[Record], keys: list[st
     """
     dirs = _rank_dirs(out)
     stale = [s for _, _, s in _list_shards(out)]  # what an interrupted merge (or one-process run) left
-    stale += [out / n for n in (PROGRESS_NAME, REJECTS_NAME, MANIFEST_NAME, LOCK_NAME, PROGRESS_NAME + ".tmp")]
+    stale += [out / n for n in (PROGRESS_NAME, REJECTS_NAME, MANIFEST_NAME, LOCK_NAME, PROGRESS_NAME + ".tmp", FINGERPRINTS_NAME)]
     for p in stale:
         p.unlink(missing_ok=True)
     merge_stores(dirs, out, record_type, order=keys, key=record_key)
+    merge_fingerprints(dirs, out)
     config, seeds, input_paths = manifest
     write_manifest(out, stage, config, seeds, input_paths)
     done: set[str] = set()
@@ -146,20 +179,27 @@ def _merge_ranks(out: Path, stage: str, record_type: type[Record], keys: list[st
 def _run(stage: str, out: Path, record_type: type[Record], inputs: Sequence, key: Callable[[Any], str],
          make_process: Callable[[], Callable[[list], list[Record]]], record_key: Callable[[Any], str], *,
          config: dict, seeds: dict | None = None, input_paths: Sequence[Path] = (), batch_size: int,
-         on_error: str, rank: int | None, world: int | None):
+         on_error: str, rank: int | None, world: int | None, fingerprint: Callable[[Any], str | None] | None = None,
+         resume: ResumeOptions | None = None):
     """``run_stage`` in one process, or this process's share + barrier + merge by rank 0.
 
     ``record_key`` maps an output record to the key of the input it came from (merge order).
+    ``fingerprint`` (default: the input record's content) detects inputs changed since they were
+    done; ``resume`` says what to do about them and about earlier rejects.
     Returns the StageResult of this process's share (None when the stage was already merged).
     """
     if rank is None or world is None:
         rank, world = rank_and_world()
-    kw = dict(config=config, seeds=seeds, input_paths=list(input_paths), batch_size=batch_size, on_error=on_error)
+    resume = resume or ResumeOptions()
+    kw = dict(config=config, seeds=seeds, input_paths=list(input_paths), batch_size=batch_size, on_error=on_error,
+              fingerprint=fingerprint, record_key=record_key, retry_rejects=resume.retry_rejects,
+              redo_changed=resume.redo_changed)
     if world <= 1:
         return run_stage(stage, out, record_type, inputs, key, make_process(), **kw)
     out = Path(out)
     keys = [key(x) for x in inputs]
-    done = _finished(out, keys)
+    _check_merged(stage, out, inputs, key, fingerprint, resume, rank)
+    done = _finished(out, keys, count_rejects=not resume.retry_rejects)
     if not done:
         _check_world(out, world)
     if rank == 0 and read_manifest(out) is not None:  # same refusal as one process: another config
@@ -180,7 +220,7 @@ def _run(stage: str, out: Path, record_type: type[Record], inputs: Sequence, key
 
 
 def run_sample(cfg: SampleConfig, prompts: list[Prompt], prompts_path: Path, out: Path, on_error: str = "raise",
-               rank: int | None = None, world: int | None = None):
+               rank: int | None = None, world: int | None = None, resume: ResumeOptions | None = None):
     """Stage 1 over ``prompts`` into ``out`` (resumable; split across processes, see module doc)."""
     base = _base_dir(prompts_path)
 
@@ -188,17 +228,18 @@ def run_sample(cfg: SampleConfig, prompts: list[Prompt], prompts_path: Path, out
         model, proc = _load(cfg.model, cfg.device, cfg.dtype)
 
         def process(batch: list[Prompt]) -> list[Candidate]:
-            return sample(model, proc, batch, [load_image(p, base) for p in batch], cfg, model_name=cfg.model)
+            return sample(model, proc, batch, [load_image(p, base, cfg.max_image_pixels) for p in batch], cfg, model_name=cfg.model)
 
         return process
 
     return _run("sample", out, Candidate, prompts, lambda p: p.prompt_id, make_process, lambda c: c.prompt_id,
                 config=asdict(cfg), seeds={"seed": cfg.seed}, input_paths=[prompts_path],
-                batch_size=cfg.prompts_per_batch, on_error=on_error, rank=rank, world=world)
+                batch_size=cfg.prompts_per_batch, on_error=on_error, rank=rank, world=world,
+                fingerprint=lambda p: prompt_fingerprint(p, base), resume=resume)
 
 
 def run_divide(cfg: DivideConfig, prompts: list[Prompt], candidates: list[Candidate], out: Path, on_error: str = "raise",
-               rank: int | None = None, world: int | None = None):
+               rank: int | None = None, world: int | None = None, resume: ResumeOptions | None = None):
     """Stage 2: candidates -> claims. An empty answer is a bad input (error or reject)."""
     question_of = {p.prompt_id: p.question for p in prompts}
 
@@ -209,13 +250,15 @@ def run_divide(cfg: DivideConfig, prompts: list[Prompt], candidates: list[Candid
         return [cl for r in divide(batch, question_of, cfg) for cl in r.claims]
 
     return _run("divide", out, Claim, candidates, lambda c: c.id, lambda: process, lambda cl: cl.candidate_id,
-                config=asdict(cfg), batch_size=16, on_error=on_error, rank=rank, world=world)
+                config=asdict(cfg), batch_size=16, on_error=on_error, rank=rank, world=world,
+                fingerprint=lambda c: content_fingerprint(c.to_dict(), question_of.get(c.prompt_id)), resume=resume)
 
 
-def run_ask(cfg: AskConfig, claims: list[Claim], out: Path, on_error: str = "raise", rank: int | None = None, world: int | None = None):
+def run_ask(cfg: AskConfig, claims: list[Claim], out: Path, on_error: str = "raise", rank: int | None = None, world: int | None = None,
+            resume: ResumeOptions | None = None):
     """Stage 3: claims -> polar questions."""
     return _run("ask", out, PolarQuestion, claims, lambda c: c.id, lambda: (lambda batch: ask(batch, cfg)),
-                lambda q: q.claim_id, config=asdict(cfg), batch_size=64, on_error=on_error, rank=rank, world=world)
+                lambda q: q.claim_id, config=asdict(cfg), batch_size=64, on_error=on_error, rank=rank, world=world, resume=resume)
 
 
 def prompt_of_claim(claim_id: str) -> str:
@@ -224,7 +267,7 @@ def prompt_of_claim(claim_id: str) -> str:
 
 
 def run_conquer(cfg: ConquerConfig, prompts: list[Prompt], prompts_path: Path, questions: list[PolarQuestion], out: Path,
-                on_error: str = "raise", rank: int | None = None, world: int | None = None):
+                on_error: str = "raise", rank: int | None = None, world: int | None = None, resume: ResumeOptions | None = None):
     """Stage 4: every question about one image is scored together (shared prefix)."""
     base = _base_dir(prompts_path)
     by_prompt: dict[str, list[PolarQuestion]] = defaultdict(list)
@@ -236,12 +279,13 @@ def run_conquer(cfg: ConquerConfig, prompts: list[Prompt], prompts_path: Path, q
         model, proc = _load(cfg.model, cfg.device, cfg.dtype)
 
         def process(batch: list[Prompt]) -> list[ClaimScore]:
-            return conquer(model, proc, [(load_image(p, base), by_prompt[p.prompt_id]) for p in batch], cfg)
+            return conquer(model, proc, [(load_image(p, base, cfg.max_image_pixels), by_prompt[p.prompt_id]) for p in batch], cfg)
 
         return process
 
     return _run("conquer", out, ClaimScore, items, lambda p: p.prompt_id, make_process, lambda s: prompt_of_claim(s.claim_id),
-                config=asdict(cfg), batch_size=4, on_error=on_error, rank=rank, world=world)
+                config=asdict(cfg), batch_size=4, on_error=on_error, rank=rank, world=world, resume=resume,
+                fingerprint=lambda p: prompt_fingerprint(p, base, [q.to_dict() for q in by_prompt[p.prompt_id]]))
 
 
 MASS_NAME = "mass.json"
@@ -288,7 +332,7 @@ def _write_pairs(cfg: PairsConfig, prompts, scored, mismatches, out: Path) -> di
     return stats
 
 
-def feedback(cfg: FeedbackConfig) -> dict:
+def feedback(cfg: FeedbackConfig, resume: ResumeOptions | None = None) -> dict:
     """Run every stage in order; returns a summary (counts and wall time per stage).
 
     With several processes every one runs stages 1-4 (its share, then the merged result); only
@@ -299,21 +343,23 @@ def feedback(cfg: FeedbackConfig) -> dict:
     rank, _ = rank_and_world()
     summary: dict = {"stages": {}}
     t = time.time()
-    run_sample(cfg.sample, prompts, ppath, out / "candidates", cfg.on_error)
+    _note_resume(summary, "sample", run_sample(cfg.sample, prompts, ppath, out / "candidates", cfg.on_error, resume=resume))
+    if rank_and_world()[1] > 1 and cfg.on_error == "skip":  # the merge rebuilt candidates/rejects.jsonl from the ranks'
+        _prompts(cfg)  # so rank 0 records the malformed prompt lines again (an identical entry is never doubled)
     summary["stages"]["sample"] = round(time.time() - t, 2)
     candidates = read_store(out / "candidates", Candidate)
     if cfg.pairs.scoring == "holistic":
-        return _holistic(cfg, prompts, ppath, candidates, summary, rank)
+        return _holistic(cfg, prompts, ppath, candidates, summary, rank, resume)
     t = time.time()
-    run_divide(cfg.divide, prompts, candidates, out / "claims", cfg.on_error)
+    _note_resume(summary, "divide", run_divide(cfg.divide, prompts, candidates, out / "claims", cfg.on_error, resume=resume))
     summary["stages"]["divide"] = round(time.time() - t, 2)
     claims = read_store(out / "claims", Claim)
     t = time.time()
-    run_ask(cfg.ask, claims, out / "questions", cfg.on_error)
+    _note_resume(summary, "ask", run_ask(cfg.ask, claims, out / "questions", cfg.on_error, resume=resume))
     summary["stages"]["ask"] = round(time.time() - t, 2)
     questions = read_store(out / "questions", PolarQuestion)
     t = time.time()
-    run_conquer(cfg.conquer, prompts, ppath, questions, out / "scores", cfg.on_error)
+    _note_resume(summary, "conquer", run_conquer(cfg.conquer, prompts, ppath, questions, out / "scores", cfg.on_error, resume=resume))
     summary["stages"]["conquer"] = round(time.time() - t, 2)
     scores = read_store(out / "scores", ClaimScore)
     summary["counts"] = {"prompts": len(prompts), "candidates": len(candidates), "claims": len(claims), "questions": len(questions), "scores": len(scores)}
@@ -327,13 +373,15 @@ def feedback(cfg: FeedbackConfig) -> dict:
     return summary
 
 
-def _holistic(cfg: FeedbackConfig, prompts: list[Prompt], ppath: Path, candidates: list[Candidate], summary: dict, rank: int) -> dict:
+def _holistic(cfg: FeedbackConfig, prompts: list[Prompt], ppath: Path, candidates: list[Candidate], summary: dict, rank: int,
+              resume: ResumeOptions | None = None) -> dict:
     """The paper's ablation baseline: the labeler judges each whole answer once (no divide)."""
     out = Path(cfg.out)
     question_of = {p.prompt_id: p.question for p in prompts}
     questions = [PolarQuestion(f"{c.id}/holistic", c.text, holistic_question(question_of[c.prompt_id], c.text)) for c in candidates if c.text.strip()]
     t = time.time()
-    run_conquer(cfg.conquer, prompts, ppath, questions, out / "holistic_scores", cfg.on_error)
+    _note_resume(summary, "conquer", run_conquer(cfg.conquer, prompts, ppath, questions, out / "holistic_scores", cfg.on_error,
+                                                 resume=resume))
     summary["stages"]["conquer_holistic"] = round(time.time() - t, 2)
     records = read_store(out / "holistic_scores", ClaimScore)
     scores = {s.claim_id.rsplit("/", 1)[0]: s for s in records}
@@ -347,6 +395,13 @@ def _holistic(cfg: FeedbackConfig, prompts: list[Prompt], ppath: Path, candidate
     return summary
 
 
+def _note_resume(summary: dict, stage: str, res) -> None:
+    """Record per stage how many earlier rejects this run carried over and which changed inputs it redid."""
+    summary.setdefault("rejects_carried", {})[stage] = res.n_rejects_carried if res is not None else 0
+    if res is not None and res.redone:
+        summary.setdefault("redone", {})[stage] = list(res.redone)
+
+
 def _finish_summary(out: Path, summary: dict) -> None:
     """Collect the run's warnings (low labeler mass, 0 pairs and why) and write ``feedback.json``."""
     notes = []
@@ -355,6 +410,12 @@ def _finish_summary(out: Path, summary: dict) -> None:
     if summary["pairs"].get("diagnosis"):
         notes.append(f"0 pairs: {summary['pairs']['diagnosis']}")
         warnings.warn(f"feedback ({out}): 0 pairs: {summary['pairs']['diagnosis']}", stacklevel=3)
+    summary["rejected"] = rejected_counts(out)
+    n_rej, n_kept = summary["rejected"].get("sample", 0), summary.get("counts", {}).get("prompts", 0)
+    if n_rej and n_rej >= n_kept:
+        notes.append(f"{n_rej} prompts rejected, {n_kept} read: half or more of the input is bad "
+                     f"(see {out / STAGE_FOLDERS['sample'] / REJECTS_NAME})")
+        warnings.warn(f"feedback ({out}): {notes[-1]}", stacklevel=3)
     summary["warnings"] = notes
     _write_summary(out, summary)
 

@@ -11,11 +11,20 @@ Qwen2-VL / Qwen2.5-VL (3-D rotary positions): the prefill forward computes the p
 ``rope_deltas`` (kept on the inner model), which are repeated for the n rows along with the
 cache; ``generate`` then places every later token at its text position + delta, exactly as a
 full forward of the duplicated prompts does (tested equal in ``tests/test_architectures.py``).
+
+Batch independence: a candidate is a pure function of (model, prompt, seed, decoding), whatever
+other prompts share the runner's batch (``prompts_per_batch``, the split across processes, a
+rerun after a kill or a reject). Each prompt is therefore generated in its own call (its n rows,
+no padding): batching prompts together cannot be made exact, because left padding changes the
+summation order of attention over the padded keys and matrix products round differently with
+the number of rows, and a 1e-7 change in a probability can flip a sampled token. Within a
+call, padded prompts still get the positions ``generate`` gives them (``_prefill_positions``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -24,6 +33,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from ..config import ConfigError
 from ..models.chat import _TEXT_KEYS, collate
 from ..models.template import generation_stop_ids
 from ..records import Candidate, Prompt
@@ -39,13 +49,29 @@ class SampleConfig:
     top_p: float = 1.0
     max_new_tokens: int = 512
     seed: int = 0  # base seed; candidate seeds derive from (seed, prompt_id, index)
-    prompts_per_batch: int = 4  # prompts decoded together (x n rows)
+    prompts_per_batch: int = 4  # prompts per runner batch (written together); each is generated alone (see module doc)
     share_prefill: bool = True  # encode each prompt once (False: duplicate it n times; for benchmarks)
     device: str = "cpu"
     dtype: str = "float32"
     #: ablation only (RLAIF-V Table 4, "deconfounded"): candidate k of a prompt samples at
     #: confounded_temperatures[k % len], so candidates differ in style as well as trustworthiness
     confounded_temperatures: tuple[float, ...] = ()
+    #: longest prompt (image + question tokens) sampled from; longer ones are bad inputs, refused
+    #: before any forward. 0: the model's context minus max_new_tokens (``models/context.py``)
+    max_prompt_tokens: int = 0
+    max_image_pixels: int = 40_000_000  # larger images are bad inputs, refused from their header (0: no limit)
+
+    def __post_init__(self) -> None:
+        """Refuse settings no prompt could be sampled with, before the first record (a bad
+        setting is a config error naming the key, never a reject of every prompt)."""
+        for name in ("n", "max_new_tokens", "prompts_per_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"sample.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.temperature > 0 or any(not t > 0 for t in self.confounded_temperatures):
+            raise ConfigError(f"sample.temperature must be > 0 (sampling), got {self.temperature}"
+                              + (f" / {list(self.confounded_temperatures)}" if self.confounded_temperatures else ""))
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sample.top_p must be in (0, 1], got {self.top_p}")
 
 
 def candidate_seed(base: int, prompt_id: str, index: int) -> int:
@@ -119,11 +145,41 @@ def _can_share_prefill(model, batch) -> bool:
     return True
 
 
+def _prefill_positions(model, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``position_ids`` for a manual prefill of a left-padded batch: what ``generate`` uses.
+
+    ``generate`` numbers each row's tokens from its first real token (``cumsum(mask) - 1``);
+    a plain forward without ``position_ids`` numbers them from the first column, so a padded
+    row's prompt would sit ``pad`` positions after the tokens ``generate`` then appends (first
+    logits off by ~2.5 on the sandbox policy). Multimodal-RoPE models (Qwen2-VL) compute their
+    3-D positions from the mask in the forward itself: nothing to pass.
+    """
+    from ..models.prefix import _rope_index_fn
+
+    if _rope_index_fn(model) is not None or "position_ids" not in inspect.signature(model.forward).parameters:
+        return {}
+    return {"position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0)}
+
+
 @torch.no_grad()
 def generate_candidates(
     model, processor, images: Sequence[Image.Image], questions: Sequence[str], seeds: Sequence[Sequence[int]], cfg: SampleConfig
 ) -> list[list[str]]:
-    """For each prompt i, one answer per seed in ``seeds[i]`` (all rows share cfg's decoding)."""
+    """For each prompt i, one answer per seed in ``seeds[i]`` (all rows share cfg's decoding).
+
+    One generation call per prompt, so that prompt's answers do not depend on the other
+    prompts of the call (see the module docstring).
+    """
+    if len({len(s) for s in seeds}) > 1:
+        raise ValueError("every prompt of a batch must ask for the same number of candidates")
+    return [_generate_batch(model, processor, [im], [q], [s], cfg)[0] for im, q, s in zip(images, questions, seeds)]
+
+
+@torch.no_grad()
+def _generate_batch(
+    model, processor, images: Sequence[Image.Image], questions: Sequence[str], seeds: Sequence[Sequence[int]], cfg: SampleConfig
+) -> list[list[str]]:
+    """Answers of several prompts in one left-padded call (equal to alone only up to float rounding)."""
     counts = [len(s) for s in seeds]
     if len(set(counts)) != 1:
         raise ValueError("every prompt of a batch must ask for the same number of candidates")
@@ -139,7 +195,7 @@ def generate_candidates(
     if cfg.share_prefill and _can_share_prefill(model, batch):
         # Per-token inputs (Qwen's mm_token_type_ids) are cut like input_ids; image tensors are whole.
         pre = {k: (v[:, :-1] if k in _TEXT_KEYS else v) for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
-        out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **pre)
+        out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **pre, **_prefill_positions(model, mask[:, :-1]))
         cache = out.cache
         cache.batch_repeat_interleave(n)
         _repeat_model_state(model, n)
@@ -154,7 +210,11 @@ def generate_candidates(
 
 
 def sample(model, processor, prompts: Sequence[Prompt], images: Sequence[Image.Image], cfg: SampleConfig, model_name: str = "") -> list[Candidate]:
-    """n candidates for each prompt (a pure function of model, prompts, images and cfg)."""
+    """n candidates for each prompt (a pure function of model, prompts, images and cfg).
+
+    A prompt longer than the limit (:func:`check_sample_prompts`) is refused before any forward.
+    """
+    check_sample_prompts(model, processor, prompts, images, cfg)
     seeds = [[candidate_seed(cfg.seed, p.prompt_id, k) for k in range(cfg.n)] for p in prompts]
     texts = generate_candidates(model, processor, images, [p.question for p in prompts], seeds, cfg)
     def decoding(k: int) -> dict:
@@ -166,3 +226,12 @@ def sample(model, processor, prompts: Sequence[Prompt], images: Sequence[Image.I
         for k in range(cfg.n)
     ]
 
+
+
+def check_sample_prompts(model, processor, prompts: Sequence[Prompt], images: Sequence[Image.Image], cfg: SampleConfig) -> None:
+    """PromptTooLongError naming the first prompt whose tokens exceed ``cfg.max_prompt_tokens``
+    (default: the model's context minus ``max_new_tokens``); called before any batching or forward."""
+    from ..models.context import check_prompt_lengths, prompt_token_limit
+
+    limit, why = prompt_token_limit(model, cfg.max_prompt_tokens, cfg.max_new_tokens, "sample")
+    check_prompt_lengths(processor, [f"prompt {p.prompt_id!r}" for p in prompts], images, [p.question for p in prompts], limit, why)

@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError
+from ..config import ON_ERROR_CHOICES, ConfigError, check_choice, check_positive
 from ..models.chat import collate
 from ..models.load import load_vlm
 from ..progress import progress_bar
 from ..runner import _cut_torn_tail, barrier
-from ..store import write_manifest
-from .data import TrainExample, epoch_batches, load_pairs, prepare_examples
+from ..store import rejects_count, write_manifest
+from .data import TrainExample, epoch_batches, load_pairs, prepare_examples, train_max_length
 from .losses import dpo_loss, sequence_logps
 from .model_setup import save_model, setup_trainable, trainable_state
 from .refcache import cached_reference_logps
@@ -70,7 +70,8 @@ class DPOConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     checkpoints_per_epoch: int = 4  # the paper selects among 1/4-epoch checkpoints
-    max_length: int = 0  # >0: pairs longer than this (prompt + answer tokens) are bad inputs, never truncated
+    max_length: int = 0  # longest pair (prompt + answer tokens); longer ones are bad inputs, never truncated. 0: the model's context
+    max_image_pixels: int = 40_000_000  # larger images are bad inputs, refused from their header (0: no limit)
     ref_cache: str = ""  # folder of cached reference log-probs; empty: <out>/ref_cache
     ref_batch_size: int = 16
     seed: int = 0
@@ -78,6 +79,16 @@ class DPOConfig:
     dtype: str = "float32"
     on_error: str = "raise"  # raise | skip (bad pairs go to <out>/rejects.jsonl)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Settings checked before any work (a bad one used to surface after the reference pass)."""
+        check_choice("on_error", self.on_error, ON_ERROR_CHOICES)
+        check_choice("finetune", self.finetune, ("lora", "full"))
+        check_positive(self, "train", ("batch_size", "grad_accum", "checkpoints_per_epoch", "ref_batch_size", "lora_r"))
+        check_positive(self, "train", ("max_length",), 0)
+        for name in ("lr", "epochs", "beta"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
 
 
 def _schedule(total: int, warmup_ratio: float):
@@ -166,6 +177,39 @@ def _load_resume(folder: Path, model, opt, sched) -> int:
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
     return int(state["step"])
+
+
+def _recover_resume(folder: Path) -> None:
+    """Finish or undo a ``_save_resume`` cut short by a kill (rank 0, before anyone reads it).
+
+    A kill between its two renames leaves no ``folder``: the complete new state (``.tmp`` with
+    its ``state.json``, written last) wins, else the previous one (``.old``). Leftover
+    ``.tmp`` / ``.old`` folders are removed, so a finished run folder holds only ``resume/``.
+    """
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    if not folder.exists():
+        for candidate in (tmp, old):
+            if (candidate / "state.json").exists():
+                os.replace(candidate, folder)
+                break
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """``train.json`` of an earlier run, or {} if absent or cut short (it is rewritten then)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _last_logged(path: Path, step: int) -> dict[str, Any]:
+    """The log line of ``step`` (the last finished step of a run resumed at its end), or {}."""
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return next((r for r in reversed(rows) if r.get("step") == step), {})
 
 
 def _save_resume(folder: Path, step: int, model, opt, sched) -> None:
@@ -257,11 +301,13 @@ def _prepare(cfg: DPOConfig, device: str, rank: int, out: Path):
     if not cfg.pairs or not cfg.prompts:
         raise ConfigError("train needs `pairs` (a pairs folder/file) and `prompts` (the prompts file they came from)")
     if rank == 0:
-        write_manifest(out, "train", asdict(cfg), {"seed": cfg.seed}, [cfg.pairs, cfg.prompts])
-    pairs, prompts, base = load_pairs(cfg.pairs, cfg.prompts)
+        # paths compared by what they name (a moved run folder resumes); the pairs' and prompts' content must not change
+        write_manifest(out, "train", asdict(cfg), {"seed": cfg.seed}, [cfg.pairs, cfg.prompts], check_inputs=True)
+    pairs, prompts, base = load_pairs(cfg.pairs, cfg.prompts, cfg.on_error, out if rank == 0 else None)
     torch.manual_seed(cfg.seed)
     model, processor = load_vlm(cfg.model, device, cfg.dtype)
-    examples = prepare_examples(pairs, prompts, base, processor, cfg.max_length, cfg.on_error, out if rank == 0 else None)
+    examples = prepare_examples(pairs, prompts, base, processor, train_max_length(model, cfg.max_length), cfg.on_error,
+                                out if rank == 0 else None, cfg.max_image_pixels)
     ref = _reference(cfg, [e.pair for e in examples], prompts, base, rank, out)
     model = setup_trainable(model, cfg.finetune, cfg.freeze_vision, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     return model, processor, examples, ref
@@ -280,6 +326,8 @@ def train_dpo(cfg: DPOConfig, stop_after_step: int | None = None) -> dict[str, A
     rank, world = acc.process_index, acc.num_processes
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        _recover_resume(out / "resume")
     model, processor, examples, ref = _prepare(cfg, str(acc.device), rank, out)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -291,8 +339,8 @@ def train_dpo(cfg: DPOConfig, stop_after_step: int | None = None) -> dict[str, A
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, cfg.warmup_ratio))
     start = _load_resume(out / "resume", model, opt, sched)
     done_file = out / "train.json"
-    if start >= total and done_file.exists() and json.loads(done_file.read_text()).get("finished"):
-        return json.loads(done_file.read_text())  # finished before: nothing to do
+    if start >= total and _read_summary(done_file).get("finished"):
+        return _read_summary(done_file)  # finished before: nothing to do
     if rank == 0:
         _trim_log(out / "log.jsonl", start)
     model, opt = acc.prepare(model, opt)
@@ -300,12 +348,15 @@ def train_dpo(cfg: DPOConfig, stop_after_step: int | None = None) -> dict[str, A
     t0 = time.time()
     end = min(total, stop_after_step) if stop_after_step is not None else total
     last = _loop(cfg, acc, model, processor, opt, sched, examples, ref, (start, end, total, spe), out)
+    last = last or _last_logged(out / "log.jsonl", start)  # killed after its last checkpoint: no step left to run
     fingerprints = _rank_fingerprints(out, acc.unwrap_model(model), rank, world)
     summary = {"finished": end >= total, "pairs": len(examples), "steps": total, "steps_per_epoch": spe, "resumed_from": start,
                "seconds": round(time.time() - t0, 2), "checkpoints": [str(p) for p in list_checkpoints(out)], "last": last,
-               "rank_weight_fingerprints": fingerprints}
-    if rank == 0:
-        done_file.write_text(json.dumps(summary, indent=2))
+               "rank_weight_fingerprints": fingerprints, "rejected": rejects_count(out)}
+    if rank == 0:  # atomically: a kill mid-write must not leave an empty summary
+        tmp = done_file.with_name(done_file.name + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, done_file)
     return summary
 
 

@@ -99,7 +99,8 @@ def compute_reference_logps(model, processor, pairs: Sequence[PreferencePair], p
             prompt = prompts[pid]
             group = by_prompt[pid]
             texts = sorted({t for p in group for t in (p.chosen, p.rejected)})
-            prefix = encode_prompt(processor, load_image(prompt, base_dir), group[0].question)
+            # the pixel limit was applied by data.prepare_examples (the configured one): not again here
+            prefix = encode_prompt(processor, load_image(prompt, base_dir, max_pixels=0), group[0].question)
             logps = score_suffix_tokens(model, prefix, [answer_ids(processor, t) for t in texts], batch_size)
             by_text = {t: (float(lp.sum()), int(lp.numel())) for t, lp in zip(texts, logps)}
             for p in group:

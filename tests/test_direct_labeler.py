@@ -1,0 +1,133 @@
+"""The ``labeler-direct`` recipe (``sandbox/direct_labeler.py``): heads are training scaffolding
+only, one step lowers the auxiliary loss, false claims change exactly one thing, and the
+decision position is the last prompt token that conquer reads."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from rlaifv.models.chat import collate
+from rlaifv.models.generate import score_yes_no
+from rlaifv.models.load import load_vlm
+from rlaifv.models.yesno import yes_no_ids
+from rlaifv.sandbox.direct_labeler import (
+    CELL_HEADS, CLAIM_KINDS, MATCH_HEADS, DirectLabelerConfig, aux_loss, aux_targets, claim_batch, claim_pair,
+    decision_positions, false_claim, finetune, setup, train_step,
+)
+from rlaifv.sandbox.render import render
+from rlaifv.sandbox.tasks import claim_question
+from rlaifv.sandbox.world import Scene, SceneObject, World, WorldConfig
+
+#: a fixed scene: circle at the top left, square in the center; every other cell empty
+SCENE = Scene("hand", [SceneObject("circle", "red", "large", 0), SceneObject("square", "blue", "small", 4)])
+
+
+def _tiny_cfg(**kw) -> DirectLabelerConfig:
+    base = dict(init_from="", steps=2, warmup=1, claim_scenes=2, describe_scenes=2, log_every=1000, probe_scenes=2,
+                cell_layer=0, match_layer=1, world=WorldConfig(image_size=48))
+    return DirectLabelerConfig(**{**base, **kw})
+
+
+@pytest.fixture()
+def tiny(tiny_sandbox_model):
+    return load_vlm(tiny_sandbox_model)
+
+
+@pytest.mark.parametrize("kind", CLAIM_KINDS)
+def test_false_claim_changes_exactly_one_thing(kind):
+    rng = random.Random(0)
+    t = SCENE.objects[0]
+    for _ in range(20):
+        neg = false_claim(SCENE, t, kind, rng, WorldConfig())
+        assert neg not in SCENE.objects
+        changed = {f for f in ("shape", "colour", "size", "cell") if getattr(neg, f) != getattr(t, f)}
+        if kind == "absent_occupied":
+            assert changed == {"shape"} and neg.shape not in SCENE.shapes()
+        elif kind == "wrong_colour":
+            assert changed == {"colour"}
+        elif kind == "wrong_size":
+            assert changed == {"size"} and neg.size == "small"
+        elif kind == "wrong_cell":
+            assert changed == {"cell"}
+        else:  # both companions present here: an absent shape at an empty cell
+            assert neg.shape not in SCENE.shapes() and SCENE.by_cell(neg.cell) is None
+
+
+def test_absent_companion_when_companion_missing():
+    scene = Scene("hand2", [SceneObject("star", "green", "small", 8)])
+    neg = false_claim(scene, scene.objects[0], "absent_companion", random.Random(1), WorldConfig())
+    assert neg.shape == "cross" and neg.cell != 8
+
+
+def test_claim_pair_is_one_true_one_false_and_aux_targets():
+    pair = claim_pair(SCENE, random.Random(3), WorldConfig(), {k: 1.0 for k in CLAIM_KINDS})
+    (t, k0), (neg, k1) = pair
+    assert k0 == "true" and t in SCENE.objects and k1 in CLAIM_KINDS and neg not in SCENE.objects
+    tg = aux_targets(SCENE, SceneObject("circle", "blue", "large", 0))
+    assert (tg["cell_shape"], tg["match_shape"], tg["match_colour"], tg["match_size"]) == (0, 1, 0, 1)
+    empty = aux_targets(SCENE, SceneObject("star", "red", "small", 8))
+    assert empty["cell_shape"] == 8 and empty["cell_colour"] == -100 and empty["q_cell"] == 8
+    assert (empty["match_shape"], empty["match_colour"], empty["match_size"]) == (0, 0, 0)
+
+
+def test_decision_position_is_the_last_prompt_token_conquer_reads(tiny):
+    model, proc = tiny
+    scenes = World(WorldConfig(image_size=48)).scenes(3, "val")
+    imgs = [render(s, 48) for s in scenes]
+    qs = [claim_question(s.objects[0]) for s in scenes]
+    batch = collate(proc, imgs, qs, ["Yes.", "No.", "Yes."])
+    pos = decision_positions(batch["labels"])
+    ids = yes_no_ids(proc)
+    first = batch["labels"][torch.arange(3), pos + 1]
+    assert set(first[[0, 2]].tolist()) <= set(ids.yes) and first[1].item() in ids.no
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[torch.arange(3), pos]
+    probs = torch.softmax(logits, -1)
+    p_yes, p_no = score_yes_no(model, proc, imgs, qs)  # conquer's read-out: last prompt position, left padding
+    assert torch.allclose(probs[:, list(ids.yes)].sum(-1), torch.tensor(p_yes), atol=1e-5)
+    assert torch.allclose(probs[:, list(ids.no)].sum(-1), torch.tensor(p_no), atol=1e-5)
+
+
+def test_one_step_lowers_aux_loss_on_a_fixed_batch(tiny):
+    model, proc = tiny
+    cfg = _tiny_cfg(lr=5e-3, warmup=1)
+    model, proc, heads, params, opt, sched = setup(cfg, model, proc)
+    batch, aux, kinds = claim_batch(World(cfg.world), proc, random.Random(0), cfg)
+    assert len(kinds) == 4 and kinds.count("true") == 2
+    assert set(heads) == set(CELL_HEADS) | set(MATCH_HEADS)
+
+    def aux_now() -> float:
+        with torch.no_grad():
+            out = model(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True)
+            return aux_loss(out.hidden_states, decision_positions(batch["labels"]), heads, aux, cfg)[0].item()
+
+    before = aux_now()
+    model.train()
+    out = model(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True)
+    loss, _ = aux_loss(out.hidden_states, decision_positions(batch["labels"]), heads, aux, cfg)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert aux_now() < before
+    train_step(model, proc, heads, params, opt, sched, World(cfg.world), random.Random(1), cfg, 0)  # the real step runs
+
+
+def test_saved_folder_is_a_plain_vlm_without_heads(tiny, tmp_path):
+    from safetensors import safe_open
+
+    model, proc = tiny
+    cfg = _tiny_cfg()
+    trained, tproc, log = finetune(cfg, tmp_path / "out", model=model, processor=proc)
+    assert [c["step"] for c in log["curve"]] == [0, 2]
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert not any(h in n for n in names for h in (*CELL_HEADS, *MATCH_HEADS))
+    reloaded, rproc = load_vlm(tmp_path / "out")
+    assert (tmp_path / "out" / "rlaifv_finetune.json").exists()
+    scenes = World(cfg.world).scenes(2, "val")
+    batch = collate(rproc, [render(s, 48) for s in scenes], [claim_question(s.objects[0]) for s in scenes], padding_side="left")
+    with torch.no_grad():
+        assert torch.allclose(trained.eval()(**batch).logits, reloaded(**batch).logits, atol=1e-5)
