@@ -26,8 +26,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rlaifv demo
 
+# two workers: most of the suite's time is CLI subprocesses starting up (2 cores)
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2
 
 # every stage on tiny models of 16 VLM families with their real chat templates -> docs/models.md
 matrix: $(STAMP)

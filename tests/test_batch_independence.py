@@ -112,9 +112,9 @@ def test_a_padded_prefill_numbers_positions_as_generate_does(sharp, images) -> N
 
 
 def test_issue_repro_on_the_sandbox_policy(images) -> None:
-    """The reported case: A's 4 candidates of 60 tokens, alone and next to a longer question B."""
+    """The reported case (shorter): A's 4 candidates of 16 tokens, alone and next to a longer question B."""
     model, processor = load_vlm("sandbox:policy")
-    cfg = SampleConfig(n=4, max_new_tokens=40, temperature=0.7)
+    cfg = SampleConfig(n=4, max_new_tokens=16, temperature=0.7)
     alone = generate_candidates(model, processor, images[:1], ["Describe the image."], [[1, 2, 3, 4]], cfg)
     both = generate_candidates(model, processor, images[:2], ["Describe the image.", LONG], [[1, 2, 3, 4], [5, 6, 7, 8]], cfg)
     assert both[0] == alone[0] and len(set(alone[0])) == 4
@@ -135,7 +135,7 @@ def test_best_of_n_result_does_not_depend_on_the_batch(images) -> None:
     from rlaifv.config import load_config
     from rlaifv.stages import bestofn as bon
 
-    cfg = load_config(bon.BestOfNConfig, None, {"scorer": "perplexity", "sample": {"model": "sandbox:policy", "n": 3, "max_new_tokens": 30, "temperature": 1.0}})
+    cfg = load_config(bon.BestOfNConfig, None, {"scorer": "perplexity", "sample": {"model": "sandbox:policy", "n": 3, "max_new_tokens": 12, "temperature": 1.0}})
     models = bon.load_models(cfg)
     a, b = Prompt("a", "Describe the image.", image="a.png"), Prompt("b", LONG, image="b.png")
     alone = bon.best_of_n(models, [a], images[:1], cfg)[0]
@@ -210,7 +210,7 @@ def test_feedback_rerun_with_a_reject_equals_uninterrupted(tiny_sandbox_model, t
 
     def args(out: Path) -> list[str]:
         cfg = {"prompts": str(pfile), "out": str(out), "on_error": "skip", "conquer": {"model": str(tiny_sandbox_model)},
-               "sample": {"model": "sandbox:policy", "n": 4, "max_new_tokens": 40, "prompts_per_batch": 2}}
+               "sample": {"model": "sandbox:policy", "n": 4, "max_new_tokens": 16, "prompts_per_batch": 2}}
         (tmp_path / f"{out.name}.yaml").write_text(yaml.safe_dump(cfg))
         return ["feedback", "--config", str(tmp_path / f"{out.name}.yaml")]
 
