@@ -18,8 +18,10 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+
+from ..models.tiny import train_bytelevel
 
 _POLAR = ["Yes", "No", "yes", "no"]
 _QUESTIONS = [
@@ -95,17 +97,7 @@ def bytelevel_bpe(
     GPT-2/Qwen; Llama-3's template writes its ``<|begin_of_text|>`` itself).
     """
     base = [t for t in dict.fromkeys([eos, pad] + ([bos] if bos else []) + ([unk] if unk else []))]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=base,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(yes_no_corpus(), trainer=trainer)
+    tok = train_bytelevel(yes_no_corpus(), base, vocab_size)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk, **named_tokens)
     _add_specials(fast, [s for s in specials if s not in base])
     return fast

@@ -84,24 +84,27 @@ class TinyVLMConfig:
         return n
 
 
+def train_bytelevel(corpus: list[str], special_tokens: list[str], vocab_size: int) -> Tokenizer:
+    """A GPT-2-style byte-level BPE ("Ġ" = leading space) trained on ``corpus``; the special
+    tokens take the first ids, in order."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return tok
+
+
 def train_tokenizer(corpus: list[str], arch: str = "idefics3", vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on ``corpus`` with ChatML and the architecture's image tokens.
 
     Byte-level means any text encodes (no unknown tokens); the sandbox words become single
     tokens, so "Yes"/"No" are one token each, as the conquer stage expects.
     """
-    specials = BASE_SPECIALS + ARCH_SPECIALS[arch]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
+    tok = train_bytelevel(corpus, BASE_SPECIALS + ARCH_SPECIALS[arch], vocab_size)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
