@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Generic, Iterable, Iterator, Literal, TypeVar
 
 from .manifest_paths import changed_inputs, same_path
-from .records import Record, RecordError
+from .records import Prompt, Record, RecordError
 
 log = logging.getLogger(__name__)
 
@@ -395,10 +395,20 @@ def _jsonl_rows(path: Path, on_error: OnError, rejects: RejectsFile | None) -> I
             yield label, row
 
 
-def _parquet_rows(path: Path, record_type: type[Record]) -> Iterator[tuple[str, Row]]:
-    """(file:row, row) for each parquet row; nulls of defaulted fields fall back to the default."""
+def _parquet_rows(path: Path, record_type: type[Record], question: str | None = None,
+                  id_prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(file:row, row) for each parquet row; nulls of defaulted fields fall back to the default.
+    Prompts: columns matched by name (``inputs.prompt_table_rows``: ``datasets`` files, ``question``
+    the default question when there is no question column)."""
     import pyarrow.parquet as pq
 
+    if record_type is Prompt:
+        from .inputs import prompt_table_rows
+
+        pf = pq.ParquetFile(path)
+        yield from prompt_table_rows(pf.schema_arrow.names, (b.to_pylist() for b in pf.iter_batches(batch_size=256)),
+                                     str(path), question, id_prefix, path.parent)
+        return
     defaulted = {f.name for f in dataclasses.fields(record_type)
                  if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     rowno = 0
@@ -439,31 +449,47 @@ def _input_files(path: Path) -> list[Path]:
     return files
 
 
+def _record_rows(path: Path, record_type: type[Record], on_error: OnError, rejects: RejectsFile | None,
+                 question: str | None) -> Iterator[tuple[str, Any]]:
+    """(label, row or row builder) of every input file; prompts also from ``datasets`` folders and
+    image folders (``inputs.py``)."""
+    if record_type is Prompt:
+        from .inputs import prompt_source_rows
+
+        source = prompt_source_rows(path, question)
+        if source is not None:
+            yield from source
+            return
+    files = _input_files(path)
+    for file in files:
+        prefix = f"{file.stem}/" if len(files) > 1 else ""  # row-N ids of several id-less parquet files stay distinct
+        yield from (_parquet_rows(file, record_type, question, prefix) if file.suffix == ".parquet"
+                    else _jsonl_rows(file, on_error, rejects))
+
+
 def read_records(path: PathLike, record_type: type[R], on_error: OnError = "raise",
-                 rejects: RejectsFile | None = None) -> Iterator[R]:
+                 rejects: RejectsFile | None = None, question: str | None = None) -> Iterator[R]:
     """Yield typed records from a JSONL file, a folder of shards, or a parquet file.
 
     Malformed lines, invalid records and repeated ids raise RecordError naming file:line, or
     with ``on_error="skip"`` go to ``rejects`` (the first occurrence of an id wins).
     """
     seen: dict[str, str] = {}
-    for file in _input_files(Path(path)):
-        rows = _parquet_rows(file, record_type) if file.suffix == ".parquet" else _jsonl_rows(file, on_error, rejects)
-        for label, row in rows:
-            try:
-                rec = _decode(row, record_type)
-            except RecordError as e:
-                handle_bad(label, str(e), on_error, rejects)
-                continue
-            if rec.id in seen:
-                handle_bad(label, f"duplicate id {rec.id!r} (first at {seen[rec.id]})", on_error, rejects)
-                continue
-            seen[rec.id] = label
-            yield rec
+    for label, row in _record_rows(Path(path), record_type, on_error, rejects, question):
+        try:
+            rec = _decode(row() if callable(row) else row, record_type)
+        except RecordError as e:
+            handle_bad(label, str(e), on_error, rejects)
+            continue
+        if rec.id in seen:
+            handle_bad(label, f"duplicate id {rec.id!r} (first at {seen[rec.id]})", on_error, rejects)
+            continue
+        seen[rec.id] = label
+        yield rec
 
 
 def read_inputs(path: PathLike, record_type: type[R], on_error: OnError = "raise", rejects_dir: PathLike | None = None,
-                stage: str | None = None, what: str | None = None) -> list[R]:
+                stage: str | None = None, what: str | None = None, question: str | None = None) -> list[R]:
     """Every record of a stage's input file, read before the stage's first record.
 
     ``raise``: the first malformed line stops with a RecordError naming file:line. ``skip``: each
@@ -471,15 +497,16 @@ def read_inputs(path: PathLike, record_type: type[R], on_error: OnError = "raise
     ``rejects_dir/rejects.jsonl`` with file:line and reason (a warning when there is no
     ``rejects_dir``, e.g. on a non-zero rank), and the good records are returned.
     ``what`` (e.g. "prompts"): no records at all is an error "no prompts in FILE", not an empty run.
+    ``question``: prompts' default question where the source has no question column (``inputs.py``).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     logged = on_error == "skip" and rejects_dir is not None
     if logged:
         with RejectsFile(rejects_dir, stage) as rejects:  # type: ignore[arg-type]
-            records = list(read_records(path, record_type, "skip", rejects))
+            records = list(read_records(path, record_type, "skip", rejects, question))
     else:
-        records = list(read_records(path, record_type, on_error))
+        records = list(read_records(path, record_type, on_error, question=question))
     if what and not records:
         why = f" (bad lines, if any, are in {Path(rejects_dir) / REJECTS_NAME})" if logged else ""  # type: ignore[arg-type]
         raise RecordError(f"no {what} in {path}{why}")
@@ -539,7 +566,7 @@ def _check_same_run(directory: Path, old: Row, new: Row, check_inputs: bool = Fa
         diffs += changed_inputs(old, new)
     if diffs:
         raise StoreError(f"{directory} holds output of a different run ({'; '.join(diffs)}). "
-                         "Use a new output directory, or pass --overwrite to discard the old output.")
+                         f"Use a new output folder, or delete {directory} to start over.")
 
 
 def write_manifest(directory: PathLike, stage: str, config: Row, seeds: Row, inputs: Iterable[PathLike],

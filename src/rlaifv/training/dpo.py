@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch
 from ..config import ON_ERROR_CHOICES, ConfigError, check_choice, check_positive
 from ..models.chat import collate
 from ..models.load import load_vlm
+from ..models.options import LoadOptions
 from ..progress import progress_bar
 from ..runner import _cut_torn_tail, barrier
 from ..store import rejects_count, write_manifest
@@ -45,10 +46,15 @@ class TrainingError(RuntimeError):
 
 
 @dataclass
-class DPOConfig:
-    """Settings of ``rlaifv train`` (defaults: the reference code's LoRA recipe, rlaif-v-method.md Sec. 2)."""
+class DPOConfig(LoadOptions):
+    """Settings of ``rlaifv train`` (defaults: the reference code's LoRA recipe, rlaif-v-method.md Sec. 2).
 
-    model: str = "sandbox:policy"  # starting policy: model folder or sandbox:NAME
+    Model loading: the ``LoadOptions`` fields (``models/options.py``: device, dtype, device_map, max_memory,
+    attn_implementation, load_in_4bit/8bit, trust_remote_code), flat; they load the policy
+    and the reference (4/8-bit: LoRA only).
+    """
+
+    model: str = ""  # starting policy: model folder (or sandbox:NAME); required
     ref_model: str = ""  # reference model; empty: the starting policy (the paper's choice)
     pairs: str = ""  # pairs folder/file (PreferencePair records, e.g. a feedback run's pairs/)
     prompts: str = ""  # the prompts file the pairs came from (resolves the images)
@@ -75,15 +81,16 @@ class DPOConfig:
     ref_cache: str = ""  # folder of cached reference log-probs; empty: <out>/ref_cache
     ref_batch_size: int = 16
     seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
     on_error: str = "raise"  # raise | skip (bad pairs go to <out>/rejects.jsonl)
     progress: bool = True
 
     def __post_init__(self) -> None:
         """Settings checked before any work (a bad one used to surface after the reference pass)."""
+        super().__post_init__()
         check_choice("on_error", self.on_error, ON_ERROR_CHOICES)
         check_choice("finetune", self.finetune, ("lora", "full"))
+        if self.quantized and self.finetune == "full":
+            raise ConfigError("train: 4/8-bit weights (--load-in-4bit / --load-in-8bit) cannot be fully fine-tuned; use --finetune lora")
         check_positive(self, "train", ("batch_size", "grad_accum", "checkpoints_per_epoch", "ref_batch_size", "lora_r"))
         check_positive(self, "train", ("max_length",), 0)
         for name in ("lr", "epochs", "beta"):
@@ -234,7 +241,7 @@ def _checkpoint(out: Path, step: int, spe: int, model, processor, opt, sched, cf
     final = out / "checkpoints" / f"step-{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, processor, tmp, cfg.merge_lora)
+    save_model(model, processor, tmp, cfg.merge_lora, base=cfg.model)
     info = {"step": step, "epoch": round(step / spe, 4), "train": log, "base_model": cfg.model, "finetune": cfg.finetune}
     (tmp / "checkpoint.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(final, ignore_errors=True)
@@ -266,7 +273,7 @@ def _reference(cfg: DPOConfig, pairs, prompts, base, rank: int, out: Path) -> di
     root = Path(cfg.ref_cache) if cfg.ref_cache else out / "ref_cache"
 
     def load(name: str):
-        return load_vlm(name, cfg.device, cfg.dtype)
+        return load_vlm(name, options=cfg)
 
     if rank == 0:
         with progress_bar("reference log-probs", cfg.progress) as prog:
@@ -305,7 +312,7 @@ def _prepare(cfg: DPOConfig, device: str, rank: int, out: Path):
         write_manifest(out, "train", asdict(cfg), {"seed": cfg.seed}, [cfg.pairs, cfg.prompts], check_inputs=True)
     pairs, prompts, base = load_pairs(cfg.pairs, cfg.prompts, cfg.on_error, out if rank == 0 else None)
     torch.manual_seed(cfg.seed)
-    model, processor = load_vlm(cfg.model, device, cfg.dtype)
+    model, processor = load_vlm(cfg.model, options=cfg if cfg.placed_by_map else replace(LoadOptions.of(cfg), device=device))
     examples = prepare_examples(pairs, prompts, base, processor, train_max_length(model, cfg.max_length), cfg.on_error,
                                 out if rank == 0 else None, cfg.max_image_pixels)
     ref = _reference(cfg, [e.pair for e in examples], prompts, base, rank, out)
@@ -320,9 +327,11 @@ def train_dpo(cfg: DPOConfig, stop_after_step: int | None = None) -> dict[str, A
     continues it from the last checkpoint). Every process fingerprints its final trainable
     weights; rank 0 checks they agree (data parallel must keep the replicas identical).
     """
+    if not cfg.model:  # no silent default: the shipped sandbox policy is not anyone's model
+        raise ConfigError("train: give --model (or model in the config): the starting policy")
     from accelerate import Accelerator
 
-    acc = Accelerator(cpu=cfg.device == "cpu")
+    acc = Accelerator(cpu=cfg.device == "cpu" and not cfg.placed_by_map)  # a device map places the model itself
     rank, world = acc.process_index, acc.num_processes
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -76,12 +76,20 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_model(model: nn.Module, processor, folder: Path, merge_lora: bool) -> None:
-    """A ``save_pretrained`` folder loadable by plain transformers (LoRA merged) or a PEFT adapter folder."""
+def save_model(model: nn.Module, processor, folder: Path, merge_lora: bool, base: str | None = None) -> None:
+    """A ``save_pretrained`` folder loadable by plain transformers (LoRA merged) or a PEFT adapter folder.
+
+    An adapter folder records its base model portably (``models.load.record_adapter_base``):
+    ``base`` is the starting model as the user named it (default: the path PEFT recorded).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "peft_config") and merge_lora:
         merged = copy.deepcopy(model).merge_and_unload()
         merged.save_pretrained(folder)
     else:
         model.save_pretrained(folder)
+        if hasattr(model, "peft_config"):
+            from ..models.load import record_adapter_base
+
+            record_adapter_base(folder, base or next(iter(model.peft_config.values())).base_model_name_or_path)
     processor.save_pretrained(folder)
