@@ -173,7 +173,9 @@ def test_openai_backend_against_local_server(chat_server, monkeypatch):
     monkeypatch.setenv("RLAIFV_TEST_KEY", "sk-test")
     cfg = DivideConfig(backend="llm", endpoint=EndpointConfig(base_url=url, model="split", api_key_env="RLAIFV_TEST_KEY"))
     res = divide([cand("A brown dog."), cand("A cat.", k=1)], None, cfg)
-    assert [c.text for c in res[1].claims] == ["There is a dog.", "It is brown."]
+    assert [c.text for c in res[0].claims] == ["There is a dog.", "It is brown."]
+    # not in "A cat.": dropped, and the answer falls back to its rules claims (issue 12)
+    assert res[1].dropped == ["There is a dog.", "It is brown."] and [c.text for c in res[1].claims] == ["A cat."]
     headers, path, body = state["requests"][0]
     assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-test"
     assert body["model"] == "split" and body["temperature"] == 0.2 and body["max_tokens"] == 256

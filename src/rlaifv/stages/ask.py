@@ -13,7 +13,10 @@ Two backends:
   A claim the rules cannot parse becomes "Is it true that <claim>?", never an empty question.
   On sandbox claims it reproduces ``rlaifv.sandbox.tasks.claim_question`` exactly.
 * ``llm``: a chat LLM (:mod:`.llm`) rewrites the claim; the first question in its reply is
-  used, and the rules question when the reply holds none (see :func:`ask_with_raw`).
+  used when it says what the claim says: no content word that is not in the claim, every
+  content word of the claim, the same negation (:mod:`.llm_checks`). Otherwise the rules
+  question is used and the fallback counted with its reason (see :func:`ask_results`); the
+  stage keeps every raw reply and fails when fallbacks dominate (:mod:`.llm_stage`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from .english import (
     CONTRACTIONS, DETERMINERS, HAVE_FORMS, SUBJECT_PRONOUNS, bare, find_finite_verb, is_participle,
 )
 from .llm import ChatLM, EndpointConfig, LLMConfig, Messages, build_chat_lm, strip_list_marker
+from .llm_checks import content_words, support
+from .llm_stage import check_rate
 
 #: The reference's suffix after every polar question.
 DEFAULT_SUFFIX = "Please answer yes or no."
@@ -41,47 +46,94 @@ _LOWER_FIRST = DETERMINERS | (SUBJECT_PRONOUNS - {"i"}) | {"there", "here", "non
 
 
 @dataclass
+class AskLLMConfig(LLMConfig):
+    """The ask LLM: as :class:`LLMConfig`, with a question-sized budget. A subclass, not a
+    default_factory, so that a YAML ``llm:`` section (or a CLI loading flag) that builds the
+    section from its fields keeps these defaults."""
+
+    max_new_tokens: int = field(default=64, metadata={"help": "generation budget per conversation"})
+
+
+@dataclass
 class AskConfig:
     """Settings of ``rlaifv ask``."""
 
     backend: str = field(default="rules", metadata={"help": "rules (deterministic) | llm"})
     suffix: str = field(default=DEFAULT_SUFFIX, metadata={"help": "appended after the question ('' = none)"})
-    llm: LLMConfig = field(default_factory=lambda: LLMConfig(max_new_tokens=64), metadata={"help": "local chat LLM (backend llm)"})
+    llm: AskLLMConfig = field(default_factory=AskLLMConfig, metadata={"help": "local chat LLM (backend llm)"})
     endpoint: EndpointConfig = field(default_factory=EndpointConfig, metadata={"help": "OpenAI-compatible server; overrides llm.model_path"})
+    examples: bool = field(default=True, metadata={"help": "llm: show worked examples in the prompt (small instruct models need them; "
+                                                             "turn off for a fine-tuned rewrite model)"})
+    min_support: float = field(default=1.0, metadata={"help": "llm: share of the question's content words that must be in the claim"})
+    min_coverage: float = field(default=1.0, metadata={"help": "llm: share of the claim's content words the question must keep"})
+    max_fallback_rate: float = field(default=0.5, metadata={"help": "llm: the stage fails when more than this share of claims "
+                                                                    "fall back to the rules question"})
 
     def __post_init__(self) -> None:
         check_choice("ask.backend", self.backend, ("rules", "llm"))
+        for name in ("min_support", "min_coverage", "max_fallback_rate"):
+            check_rate(f"ask.{name}", getattr(self, name))
+
+
+@dataclass
+class AskResult:
+    """One claim's question; for the LLM backend also the raw reply and why it was not used."""
+
+    question: PolarQuestion
+    raw: str | None = None
+    fallback: str | None = None  # "no question" | "adds: ..." | "drops: ..." (the rules question was used)
 
 
 def ask(claims: Sequence[Claim], cfg: AskConfig | None = None, lm: ChatLM | None = None) -> list[PolarQuestion]:
     """One polar question per claim, in order (a pure function of the claims, cfg and LLM)."""
-    return [q for q, _ in ask_with_raw(claims, cfg, lm)]
+    return [r.question for r in ask_results(claims, cfg, lm)]
 
 
 def ask_with_raw(claims: Sequence[Claim], cfg: AskConfig | None = None, lm: ChatLM | None = None) -> list[tuple[PolarQuestion, str | None]]:
-    """(question, raw LLM reply) per claim; raw is None for the rules backend.
+    """(question, raw LLM reply) per claim; raw is None for the rules backend."""
+    return [(r.question, r.raw) for r in ask_results(claims, cfg, lm)]
 
-    With the LLM backend, a reply without a question falls back to the rules question; the
-    raw reply is returned so that callers can see (and count) those fallbacks.
+
+def ask_results(claims: Sequence[Claim], cfg: AskConfig | None = None, lm: ChatLM | None = None) -> list[AskResult]:
+    """Question, raw reply and fallback reason per claim (raw and reason None for rules).
+
+    With the LLM backend, a reply without a question, or whose question adds, drops or negates
+    content (:func:`check_question`), falls back to the rules question, with the reason.
     """
     cfg = cfg or AskConfig()
     texts = [_claim_text(c) for c in claims]
     rules = [polar_question(t) for t in texts]
     if cfg.backend == "rules":
-        raws: list[str | None] = [None] * len(texts)
-        questions = rules
+        out = [(q, None, None) for q in rules]
     elif cfg.backend == "llm":
         lm = lm or build_chat_lm(cfg.llm, cfg.endpoint)
-        msgs = [ask_messages(t) for t in texts]
+        msgs = [ask_messages(t, cfg.examples) for t in texts]
         replies = lm.chat(msgs, temperature=cfg.llm.temperature, top_p=cfg.llm.top_p, max_new_tokens=cfg.llm.max_new_tokens) if msgs else []
-        raws = list(replies)
-        questions = [parse_question(r) or q for r, q in zip(replies, rules)]
+        out = []
+        for text, rule_q, raw in zip(texts, rules, replies):
+            q = parse_question(raw)
+            reason = "no question" if q is None else check_question(q, text, cfg.min_support, cfg.min_coverage)
+            out.append((rule_q if reason else q, raw, reason))
     else:
         raise ValueError(f"ask: unknown backend {cfg.backend!r}; expected 'rules' or 'llm'")
-    return [
-        (PolarQuestion(claim_id=c.id, claim=c.text, question=with_suffix(q, cfg.suffix)), raw)
-        for c, q, raw in zip(claims, questions, raws)
-    ]
+    return [AskResult(PolarQuestion(claim_id=c.id, claim=c.text, question=with_suffix(q, cfg.suffix)), raw, reason)
+            for c, (q, raw, reason) in zip(claims, out)]
+
+
+def check_question(question: str, claim: str, min_support: float = 1.0, min_coverage: float = 1.0) -> str | None:
+    """Why an LLM question does not ask what the claim states, or None when it does.
+
+    "adds: boy" (a content word not in the claim), "drops: sit" (a claim word left out); a
+    negation added or dropped shows as "<not>".
+    """
+    q_words, c_words = content_words(question), content_words(claim)
+    share, added = support(question, c_words)
+    if share < min_support:
+        return f"adds: {', '.join(added)}"
+    share, missing = support(claim, q_words)
+    if share < min_coverage:
+        return f"drops: {', '.join(missing)}"
+    return None
 
 
 def _claim_text(claim: Claim) -> str:
@@ -167,9 +219,22 @@ ASK_INSTRUCTION = (
 )
 
 
-def ask_messages(claim: str) -> Messages:
-    """The rewrite prompt for one claim."""
-    return [{"role": "system", "content": ASK_SYSTEM}, {"role": "user", "content": f"{ASK_INSTRUCTION}\nStatement: {claim}"}]
+#: Worked examples shown before the claim (``examples: true``): (statement, question).
+ASK_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("The dog is brown.", "Is the dog brown?"),
+    ("A man is holding an umbrella.", "Is a man holding an umbrella?"),
+    ("There are two cars on the road.", "Are there two cars on the road?"),
+    ("The girl does not wear a hat.", "Does the girl not wear a hat?"),
+)
+
+
+def ask_messages(claim: str, examples: bool = False) -> Messages:
+    """The rewrite prompt for one claim; with ``examples`` the :data:`ASK_EXAMPLES` come first as
+    earlier turns (SmolLM2-135M-Instruct echoed the bare instruction's statement: 18 of 18)."""
+    msgs: Messages = [{"role": "system", "content": ASK_SYSTEM}]
+    for statement, question in ASK_EXAMPLES if examples else ():
+        msgs += [{"role": "user", "content": f"{ASK_INSTRUCTION}\nStatement: {statement}"}, {"role": "assistant", "content": question}]
+    return msgs + [{"role": "user", "content": f"{ASK_INSTRUCTION}\nStatement: {claim}"}]
 
 
 def parse_question(raw: str) -> str | None:

@@ -11,9 +11,14 @@ Two backends:
   simple pronoun resolution, opinion filtering and de-duplication. On sandbox descriptions
   every sentence is one claim, unchanged.
 * ``llm``: any chat LLM (:mod:`.llm`: a local HF model or an OpenAI-compatible server) lists
-  the facts as "- claim" lines, parsed by :func:`parse_claim_lines`; the raw reply is kept.
+  the facts as "- claim" lines, parsed by :func:`parse_claim_lines` and checked against the
+  answer (:func:`_checked`): claims with words the answer does not contain are dropped, and a
+  reply that leaves no claim, has fewer claims than the rules find, or misses much of the
+  answer falls back to the rules claims (``fallback: rules``) or to none (``drop``). Raw reply, drops and fallback reason are
+  returned; the stage keeps them in ``llm_raw.jsonl`` and counts them (:mod:`.llm_stage`).
 
-A response with no claims gets an empty list; later stages never pair it (reference Sec. 1.2).
+A response with no claims gets an empty list; later stages never pair it (reference Sec. 1.2),
+and the divide stage lists such answers in its summary.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..config import check_choice
+from ..config import ConfigError, check_choice
 from ..records import Candidate, Claim
 from .english import (
     AUXILIARIES, BE_FORMS, CONTRACTIONS, DETERMINERS, PLURAL_DETERMINERS, PREPOSITIONS, RELATIVES,
     SINGULAR_DETERMINERS, SUBJECT_PRONOUNS, VERB_FORMS, bare, find_finite_verb, is_plural_noun,
 )
 from .llm import ChatLM, EndpointConfig, LLMConfig, Messages, build_chat_lm, strip_list_marker
+from .llm_checks import content_words, coverage, support
+from .llm_stage import check_rate
 
 #: A sentence containing one of these (whole words, case-insensitive) is an opinion, a
 #: hedge about the scene's feel or a summary, not a checkable fact, and is dropped.
@@ -68,18 +75,42 @@ class DivideConfig:
     max_claim_words: int = field(default=50, metadata={"help": "llm: drop parsed lines longer than this"})
     llm: LLMConfig = field(default_factory=LLMConfig, metadata={"help": "local chat LLM (backend llm)"})
     endpoint: EndpointConfig = field(default_factory=EndpointConfig, metadata={"help": "OpenAI-compatible server; overrides llm.model_path"})
+    examples: bool = field(default=True, metadata={"help": "llm: show two worked examples in the prompt (small instruct models need them; "
+                                                             "turn off for a fine-tuned split model)"})
+    min_support: float = field(default=1.0, metadata={"help": "llm: keep a claim only if this share of its content words is in the "
+                                                              "answer or question (else dropped and counted as unsupported)"})
+    min_coverage: float = field(default=0.6, metadata={"help": "llm: the kept claims must mention this share of the content words "
+                                                               "of the answer's factual sentences, else the division is incomplete"})
+    min_claims_vs_rules: float = field(default=1.0, metadata={"help": "llm: a division with fewer claims than this times the rules "
+                                                                      "claims is collapsed (it would win pairs by having less to reject)"})
+    fallback: str = field(default="rules", metadata={"help": "llm: an answer whose reply gives no supported claim, or a collapsed or "
+                                                             "incomplete division, gets the rules claims (rules) or none, so it never pairs (drop)"})
+    max_fallback_rate: float = field(default=0.5, metadata={"help": "llm: the stage fails when more than this share of answers fall back"})
 
     def __post_init__(self) -> None:
         check_choice("divide.backend", self.backend, ("rules", "llm"))
+        check_choice("divide.fallback", self.fallback, ("rules", "drop"))
+        for name in ("min_support", "min_coverage", "max_fallback_rate"):
+            check_rate(f"divide.{name}", getattr(self, name))
+        if self.min_claims_vs_rules < 0:
+            raise ConfigError(f"divide.min_claims_vs_rules must be >= 0, got {self.min_claims_vs_rules}")
 
 
 @dataclass
 class DivideResult:
-    """The claims of one candidate and the raw LLM reply (None for the rules backend)."""
+    """The claims of one candidate and, for the LLM backend, what the reply gave.
+
+    ``raw``: the reply (None for the rules backend); ``parsed``: the claims read from it;
+    ``dropped``: parsed claims not supported by the answer; ``fallback``: why the reply was not
+    used as it is ("no claim: ...", "collapsed: ...", "incomplete: ..."), None when it was.
+    """
 
     candidate_id: str
     claims: list[Claim]
     raw: str | None = None
+    parsed: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    fallback: str | None = None
 
 
 def divide(
@@ -101,16 +132,43 @@ def divide(
     lm = lm or build_chat_lm(cfg.llm, cfg.endpoint)
     questions = [(question_of or {}).get(c.prompt_id) for c in candidates]
     todo = [i for i, c in enumerate(candidates) if c.text.strip()]
-    msgs = [divide_messages(candidates[i].text, questions[i], cfg.max_words) for i in todo]
+    msgs = [divide_messages(candidates[i].text, questions[i], cfg.max_words, cfg.examples) for i in todo]
     gen = cfg.llm
     replies = lm.chat(msgs, temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens) if msgs else []
     raws = [dict(zip(todo, replies)).get(i, "") for i in range(len(candidates))]
-    return [_result(c, parse_claim_lines(raw, cfg.max_claim_words), raw) for c, raw in zip(candidates, raws)]
+    return [_checked(c, q, raw, cfg) if c.text.strip() else _result(c, [], raw) for c, q, raw in zip(candidates, questions, raws)]
 
 
-def _result(c: Candidate, texts: list[str], raw: str | None) -> DivideResult:
+def _result(c: Candidate, texts: list[str], raw: str | None, **info) -> DivideResult:
     claims = [Claim(candidate_id=c.id, claim_index=k, text=t) for k, t in enumerate(texts)]
-    return DivideResult(candidate_id=c.id, claims=claims, raw=raw)
+    return DivideResult(candidate_id=c.id, claims=claims, raw=raw, **info)
+
+
+def _checked(c: Candidate, question: str | None, raw: str, cfg: DivideConfig) -> DivideResult:
+    """The LLM claims of one answer, checked against it (:mod:`.llm_checks`).
+
+    A claim whose content words are not in the answer (or the question it answers) is dropped.
+    The reply falls back (to the rules claims, or to no claims with ``fallback: drop``) when no
+    claim is left, when it has fewer claims than the rules find (``min_claims_vs_rules``) or when
+    its claims miss too much of the answer (``min_coverage``): an answer collapsed into one claim
+    must not look better than its competitors by having fewer claims to reject.
+    """
+    answer = truncate_words(c.text, cfg.max_words, whole_sentences=False)
+    source = content_words(answer) | content_words(question or "")
+    parsed = parse_claim_lines(raw, cfg.max_claim_words)
+    kept = [t for t in parsed if support(t, source)[0] >= cfg.min_support]
+    dropped = [t for t in parsed if t not in kept]
+    rules = rule_claims(truncate_words(c.text, cfg.max_words))
+    cov, missed = coverage(" ".join(rules), kept)
+    reason = None
+    if not kept:
+        reason = f"no claim: {len(parsed)} parsed, {len(dropped)} unsupported" if parsed else "no claim: no claim parsed"
+    elif len(kept) < cfg.min_claims_vs_rules * len(rules):
+        reason = f"collapsed: {len(kept)} claim(s) where the rules find {len(rules)}"
+    elif cov < cfg.min_coverage:
+        reason = f"incomplete: claims cover {cov:.0%} of the answer (missing {', '.join(missed[:5])})"
+    texts = kept if reason is None else rules if cfg.fallback == "rules" else []
+    return _result(c, texts, raw, parsed=parsed, dropped=dropped, fallback=reason)
 
 
 def truncate_words(text: str, max_words: int, whole_sentences: bool = True) -> str:
@@ -379,13 +437,33 @@ _HEADER_RE = re.compile(
 )
 
 
-def divide_messages(answer: str, question: str | None, max_words: int = 300) -> Messages:
-    """The split prompt; question + answer together are truncated to ``max_words`` words."""
+#: Worked examples shown before the answer (``examples: true``): (question, answer, reply).
+DIVIDE_EXAMPLES: tuple[tuple[str, str, str], ...] = (
+    ("Describe the image.", "A brown dog is lying on a red sofa. It is asleep. I think it looks happy.",
+     "- There is a dog.\n- The dog is brown.\n- The dog is lying on a sofa.\n- The sofa is red.\n- The dog is asleep."),
+    ("What is on the table?", "There are two cups on the table, and one of them is empty.",
+     "- There are two cups on the table.\n- One of the cups is empty."),
+)
+
+
+def divide_messages(answer: str, question: str | None, max_words: int = 300, examples: bool = False) -> Messages:
+    """The split prompt; question + answer together are truncated to ``max_words`` words.
+
+    With ``examples`` the :data:`DIVIDE_EXAMPLES` come first as earlier user/assistant turns.
+    With the bare instruction SmolLM2-135M-Instruct collapsed, truncated or reworded answers
+    (4 of 8 replies fell back under :func:`_checked`; 3 of 8 with the examples; README).
+    """
     q_words = len(question.split()) if question else 0
     answer = truncate_words(answer, max(max_words - q_words, 1), whole_sentences=False)
+    msgs: Messages = [{"role": "system", "content": DIVIDE_SYSTEM}]
+    for q, a, reply in DIVIDE_EXAMPLES if examples else ():
+        msgs += [{"role": "user", "content": _divide_user(a, q)}, {"role": "assistant", "content": reply}]
+    return msgs + [{"role": "user", "content": _divide_user(answer, question)}]
+
+
+def _divide_user(answer: str, question: str | None) -> str:
     head = f"Question: {question}\n" if question else ""
-    user = f"{head}Answer: {answer}\n\n{DIVIDE_INSTRUCTION}"
-    return [{"role": "system", "content": DIVIDE_SYSTEM}, {"role": "user", "content": user}]
+    return f"{head}Answer: {answer}\n\n{DIVIDE_INSTRUCTION}"
 
 
 def parse_claim_lines(raw: str, max_words: int = 50) -> list[str]:
@@ -401,7 +479,7 @@ def parse_claim_lines(raw: str, max_words: int = 50) -> list[str]:
     texts: list[str] = []
     for text, is_bullet in items:
         if bulleted and is_bullet:
-            texts.append(text)
+            texts += split_sentences(text)  # "- The rocket is tall. The rocket is tall." is two (equal) claims
         elif not bulleted and not _HEADER_RE.match(text.strip()):
             texts += split_sentences(text)
     out: list[str] = []

@@ -26,16 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from ..models.options import LoadOptions
+
 Messages = list[dict[str, Any]]
 
 
 @dataclass
-class LLMConfig:
-    """A local Hugging Face chat LLM and its decoding (defaults: the reference split model)."""
+class LLMConfig(LoadOptions):
+    """A local Hugging Face chat LLM and its decoding (defaults: the reference split model); how it
+    loads: the ``LoadOptions`` fields (device, dtype, device_map, ..., ``models/options.py``)."""
 
     model_path: str = field(default="", metadata={"help": "local folder of a causal LM with a chat template"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
     temperature: float = field(default=0.2, metadata={"help": "sampling temperature; 0 = greedy"})
     top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass"})
     max_new_tokens: int = field(default=256, metadata={"help": "generation budget per conversation"})
@@ -68,20 +69,23 @@ def conversation_seed(base: int, messages: Messages) -> int:
 class HFChatLM:
     """A local causal LM (``AutoModelForCausalLM`` + ``AutoTokenizer``) answering chats in batches."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32", seed: int = 0, batch_size: int = 8) -> None:
-        import torch
+    def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32", seed: int = 0, batch_size: int = 8,
+                 options: LoadOptions | None = None) -> None:
+        """``options`` (e.g. the ``LLMConfig``): every loading option; when given, device and dtype come from it."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        opts = LoadOptions.of(options) if options is not None else LoadOptions(device=device, dtype=dtype)
         if not Path(path).is_dir():
             raise FileNotFoundError(f"LLM folder {path} does not exist (set llm.model_path to a local checkpoint)")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=opts.trust_remote_code)
         if not self.tokenizer.chat_template:
             raise ValueError(f"tokenizer in {path} has no chat template; an instruct/chat model is needed")
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype)).to(device).eval()
-        self.device, self.seed, self.batch_size = device, seed, batch_size
+        model = AutoModelForCausalLM.from_pretrained(str(path), **opts.pretrained_kwargs())
+        self.model = (model if opts.placed_by_map else model.to(opts.device)).eval()  # a device map placed it
+        self.device, self.seed, self.batch_size = self.model.device, seed, batch_size  # inputs go to its first layer
 
     def chat(self, messages_list: Sequence[Messages], temperature: float = 0.2, top_p: float = 0.9, max_new_tokens: int = 256) -> list[str]:
         """One reply per conversation; sampling uses a per-conversation seeded generator."""
@@ -153,7 +157,7 @@ def build_chat_lm(llm: LLMConfig, endpoint: EndpointConfig) -> ChatLM:
         return OpenAIChatLM(endpoint.base_url, endpoint.model, key, seed=llm.seed, timeout=endpoint.timeout)
     if not llm.model_path:
         raise ValueError("backend 'llm' needs llm.model_path (a local chat LLM folder) or endpoint.base_url")
-    return HFChatLM(llm.model_path, llm.device, llm.dtype, llm.seed, llm.batch_size)
+    return HFChatLM(llm.model_path, seed=llm.seed, batch_size=llm.batch_size, options=llm)
 
 
 _MARKER = re.compile(r"^\s*(?:[-*•‣▪–—+]\s*|\(?\d{1,3}[.)]\s+|\(?[a-zA-Z][.)]\s+)")
@@ -184,10 +188,18 @@ def convert_gguf_to_cache(gguf_dir: str | Path, gguf_file: str, out: str | Path,
 
     A model loaded with ``gguf_file=`` stays flagged as quantized (``save_pretrained`` refuses
     it), so: drop ``quantization_config``, rebuild from the config, load the state dict (all
-    keys must match), cast and save with the tokenizer (which keeps the chat template).
+    keys must match), cast and save with the tokenizer (which keeps the chat template). The
+    folder is written beside ``out`` and renamed at the end: a killed conversion leaves no
+    half-written checkpoint behind. ``rlaifv convert-gguf`` runs this from the command line.
     """
     if importlib.util.find_spec("gguf") is None:
         raise ImportError("reading GGUF files needs the 'gguf' package: pip install gguf (or rlaifv[llm])")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if not (Path(gguf_dir) / gguf_file).is_file():
+        raise FileNotFoundError(f"GGUF file {Path(gguf_dir) / gguf_file} does not exist")
+    import shutil
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -200,6 +212,10 @@ def convert_gguf_to_cache(gguf_dir: str | Path, gguf_file: str, out: str | Path,
     fresh.load_state_dict(loaded.state_dict(), strict=True)
     fresh = fresh.to(getattr(torch, dtype))
     out = Path(out)
-    fresh.save_pretrained(out)
-    tok.save_pretrained(out)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fresh.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)  # an existing empty folder is replaced; callers refuse non-empty ones
     return out
