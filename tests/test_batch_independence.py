@@ -174,20 +174,22 @@ def _batch_echo(calls: list, kill_at: int | None = None):
 
 
 def test_rerun_after_a_kill_with_a_reject_batches_as_the_uninterrupted_run(tmp_path) -> None:
-    prompts = [Prompt(i, "q", image="x.png") for i in ["bad", "p0", "p2", "p3", "p4", "p5"]]
+    # a good batch first: until some input succeeds, skip mode holds rejects back (runner._Failures)
+    prompts = [Prompt(i, "q", image="x.png") for i in ["p0", "p1", "bad", "p3", "p4", "p5"]]
     kw = dict(config={}, batch_size=2, on_error="skip", show_progress=False)
     run_stage("sample", tmp_path / "full", Candidate, prompts, lambda p: p.prompt_id, _batch_echo([]), **kw)
-    # killed while batch [bad, p0] ran one input at a time: bad is rejected, p0 not yet done
+    # killed while batch [bad, p3] ran one input at a time: bad is rejected, p3 not yet done
     calls: list = []
     with pytest.raises(_Kill):
-        run_stage("sample", tmp_path / "killed", Candidate, prompts, lambda p: p.prompt_id, _batch_echo(calls, kill_at=3), **kw)
-    assert calls == [["bad", "p0"], ["bad"], ["p0"]]
+        run_stage("sample", tmp_path / "killed", Candidate, prompts, lambda p: p.prompt_id, _batch_echo(calls, kill_at=4), **kw)
+    assert calls == [["p0", "p1"], ["bad", "p3"], ["bad"], ["p3"]]
     res = run_stage("sample", tmp_path / "killed", Candidate, prompts, lambda p: p.prompt_id, _batch_echo([]), **kw)
-    assert res.n_written == 5 and res.n_skipped_done == 1  # the carried reject
+    assert res.n_written == 3 and res.n_skipped_done == 3  # p0, p1 and the carried reject
     def texts(d: Path) -> list[str]:
         return sorted(line for f in sorted(d.glob("shard-*")) for line in f.read_text().splitlines())
-    assert texts(tmp_path / "killed") == texts(tmp_path / "full")  # p0 alone, then [p2,p3], [p4,p5]
-    assert any('"text": "p2,p3"' in t for t in texts(tmp_path / "full"))
+    assert texts(tmp_path / "killed") == texts(tmp_path / "full")  # p3 alone, then [p4,p5]
+    assert any('"text": "p4,p5"' in t for t in texts(tmp_path / "full"))
+    assert any('"text": "p3"' in t for t in texts(tmp_path / "full"))
 
 
 def _env() -> dict:

@@ -236,7 +236,7 @@ def test_manifest_records_run_and_rejects_config_change(tmp_path: Path) -> None:
     # same config (tuple vs list is the same once stored) -> resume is fine, created is kept
     m2 = write_manifest(out, "sample", {"model": "m1", "n": 4, "dirs": ["a", "b"]}, {"seed": 7}, [inp, folder])
     assert m2["created"] == m1["created"]
-    with pytest.raises(StoreError, match=r"config\.model: 'm1' -> 'm2'.*--overwrite"):
+    with pytest.raises(StoreError, match=r"config\.model: 'm1' -> 'm2'.*new output folder, or delete .*out to start over"):
         write_manifest(out, "sample", {"model": "m2", "n": 4, "dirs": ["a", "b"]}, {"seed": 7}, [inp])
     with pytest.raises(StoreError, match=r"seeds\.seed: 7 -> 8"):
         write_manifest(out, "sample", {"model": "m1", "n": 4, "dirs": ["a", "b"]}, {"seed": 8}, [inp])

@@ -1,10 +1,13 @@
-"""Progress bars for long work (rich), usable as a plain ``callback(done, total, message)``."""
+"""Progress bars for long work (rich), usable as a plain ``callback(done, total, message)``,
+and ``say`` for the one-line notes a stage prints around them ("resuming: 3 of 8 done")."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from rich import get_console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 ProgressFn = Callable[[int, int, str], None]
@@ -28,3 +31,9 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[ProgressFn]
             prog.update(state["task"], completed=done, msg=msg)
 
         yield update
+
+
+def say(message: str, enabled: bool = True) -> None:
+    """Print one note on the console the progress bars use (no markup read into it; "" prints nothing)."""
+    if enabled and message:
+        get_console().print(escape(message), soft_wrap=True)

@@ -9,7 +9,11 @@ A stage is ``process(batch_of_inputs) -> output records``. The runner:
 * writes a manifest (config, seeds, versions, input fingerprints) and refuses to resume a
   folder made with another config;
 * with ``on_error='skip'``, sets a failing input aside in ``rejects.jsonl`` with its reason
-  (the batch is retried one input at a time to find it) instead of stopping;
+  (the batch is retried one input at a time to find it) instead of stopping; until some input
+  of the stage has succeeded, failures are held back: when the first inputs all fail (a setting
+  or the model is at fault, not the inputs) the run stops with one error and rejects nothing;
+* builds the stage's ``process`` (loads its models) only when there is work: a finished stage
+  says "nothing to do: N of N done", a resumed one "resuming: N of M done";
 * splits inputs across processes (``rank``/``world_size``) by a stable hash of their key:
   each process writes its share into ``out_dir/rank-{r}/``; ``stages/feedback.py`` waits for
   every process (``barrier``) and merges the rank folders back into input order.
@@ -27,13 +31,17 @@ from pathlib import Path
 from typing import Callable, Generic, Sequence, TypeVar
 
 from .config import ConfigError
-from .progress import progress_bar
+from .progress import progress_bar, say
 from .records import Record, RecordError
 from .resume import FingerprintLog, carried_rejects, check_resume, record_fingerprint, recover_redo, set_rejects_aside
-from .store import OnError, RecordStore, RejectsFile, handle_bad, shard_of, write_manifest
+from .store import MANIFEST_NAME, OnError, RecordStore, RejectsFile, handle_bad, shard_of, write_manifest
 
 I = TypeVar("I")
 PROGRESS_NAME = "progress.jsonl"
+#: Under ``on_error='skip'``, a stage with 2+ inputs to do, none of which has succeeded yet, stops (rejecting
+#: nothing) once this many inputs in a row have failed, or all of them if there are fewer. (One
+#: input that fails is rejected: alone, a bad input and a bad setting cannot be told apart.)
+FAIL_FAST_AFTER = 32
 
 
 @dataclass
@@ -53,6 +61,11 @@ class StageResult(Generic[I]):
 
 class StageInputError(ValueError):
     """A bad input stopped a stage (``on_error='raise'``); the message names the input."""
+
+
+class StageSetupError(StageInputError):
+    """Every input of a stage failed before any succeeded: a setting or the model is at fault,
+    so nothing was rejected (``on_error='skip'`` would otherwise set every input aside)."""
 
 
 def read_progress(path: Path) -> list[str]:
@@ -151,8 +164,9 @@ def run_stage(
     record_type: type[Record],
     inputs: Sequence[I],
     key: Callable[[I], str],
-    process: Callable[[list[I]], list[Record]],
+    process: Callable[[list[I]], list[Record]] | None,
     *,
+    make_process: Callable[[], Callable[[list[I]], list[Record]]] | None = None,
     config: dict,
     seeds: dict | None = None,
     input_paths: Sequence[str | Path] = (),
@@ -172,7 +186,12 @@ def run_stage(
     stored when an input is done; a done input that changed since is refused, or with
     ``redo_changed`` its outputs (found by ``record_key(output) == key(input)``) are dropped and
     it is redone. ``retry_rejects`` retries inputs an earlier run rejected (old entries kept aside).
+
+    ``make_process`` (instead of ``process``) builds the stage function, e.g. loads its models,
+    only when some input is left to do: rerunning a finished stage loads nothing.
     """
+    if (process is None) == (make_process is None):
+        raise TypeError("run_stage: give exactly one of process and make_process")
     out = Path(out_dir) / f"rank-{rank}" if world_size > 1 else Path(out_dir)
     recover_redo(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,13 +207,18 @@ def run_stage(
             batches = todo_batches(mine, key, prog.done, set(rejects.rejected_ids()), batch_size)
             n_todo = sum(len(b) for b, _ in batches)
             res.n_skipped_done = len(mine) - n_todo
-            written = store.done_ids()
             label = f"{stage} (rank {rank}/{world_size})" if world_size > 1 else stage
+            say(resume_note(label, len(mine), sum(key(x) in prog.done for x in mine), n_todo), show_progress and bool(mine))
+            if not batches:
+                return res
+            process = process or make_process()  # type: ignore[misc]  # models load only when there is work
+            written = store.done_ids()
             n_seen = 0
+            fail = _Failures(stage, key, on_error, rejects, res, hold=on_error == "skip" and not prog.done and n_todo > 1, n_todo=n_todo)
             with progress_bar(label, show_progress) as bar:
                 for batch, alone in batches:
                     run = _one_by_one if alone else _process_batch
-                    records, ok = run(batch, key, process, on_error, rejects, stage, res)
+                    records, ok = run(batch, process, fail)
                     fresh = [r for r in records if r.id not in written]
                     store.write(fresh)
                     written.update(r.id for r in fresh)
@@ -203,6 +227,10 @@ def run_stage(
                     res.n_written += len(fresh)
                     n_seen += len(batch)
                     bar(n_seen, n_todo, f"{res.n_written} records")
+        except StageSetupError:
+            if not len(store) and not rejects.rejected_ids():  # nothing done: the fixed setting may start afresh here
+                (out / MANIFEST_NAME).unlink(missing_ok=True)
+            raise
         finally:
             prog.close()
     return res
@@ -242,7 +270,57 @@ def _resume_checks(stage: str, out: Path, record_type: type[Record], mine: Seque
     return FingerprintLog(out, lambda k: fingerprint(by_key[k]) if k in by_key else None)
 
 
-def _process_batch(batch, key, process, on_error: OnError, rejects: RejectsFile, stage: str, res: StageResult):
+def resume_note(label: str, n_inputs: int, n_done: int, n_todo: int) -> str:
+    """ "nothing to do: N of N done" / "resuming: N of M done" / "" (a fresh run), with earlier rejects."""
+    n_rejected = n_inputs - n_done - n_todo
+    rejected = f" ({n_rejected} rejected earlier)" if n_rejected else ""
+    if n_todo == 0:
+        return f"{label}: nothing to do: {n_done} of {n_inputs} done{rejected}"
+    if n_done or n_rejected:
+        return f"{label}: resuming: {n_done} of {n_inputs} done{rejected}"
+    return ""
+
+
+class _Failures:
+    """Where a failing input goes: an error (``raise``), or ``rejects.jsonl`` (``skip``).
+
+    With ``hold`` (skip, 2+ inputs to do, none done yet) rejects are kept back until
+    an input succeeds: when the first ``min(FAIL_FAST_AFTER, n_todo)`` inputs all fail, the cause
+    is a setting or the model (a limit no input meets, a labeler that cannot answer), so the run
+    stops with one StageSetupError instead of rejecting every input and ending "successfully".
+    """
+
+    def __init__(self, stage: str, key: Callable, on_error: OnError, rejects: RejectsFile, res: StageResult,
+                 hold: bool, n_todo: int) -> None:
+        self.stage, self.key, self.on_error, self.rejects, self.res = stage, key, on_error, rejects, res
+        self.hold, self.limit = hold, max(1, min(FAIL_FAST_AFTER, n_todo))
+        self.held: list[tuple[str, str]] = []
+
+    def reject(self, key: str, reason: str) -> None:
+        if not self.hold:
+            self._write(key, reason)
+            return
+        self.held.append((key, reason))
+        if len(self.held) >= self.limit:
+            first_key, first_reason = self.held[0]
+            which = f"all {self.limit} inputs" if self.limit == self.res.n_inputs else f"the first {self.limit} inputs"
+            raise StageSetupError(f"{self.stage}: {which} failed and none succeeded: a setting or the model, not the inputs, "
+                                  f"is the likely cause, so nothing was rejected; first failure, input {first_key!r}: {first_reason}")
+
+    def succeeded(self) -> None:
+        """An input went through: the held failures were the inputs' own, write them."""
+        self.hold = False
+        for key, reason in self.held:
+            self._write(key, reason)
+        self.held.clear()
+
+    def _write(self, key: str, reason: str) -> None:
+        handle_bad(f"{self.stage} input {key!r}", reason, self.on_error, self.rejects, record_id=key, stage=self.stage)
+        self.res.n_rejected += 1
+        self.res.rejected.append(key)
+
+
+def _process_batch(batch, process, fail: _Failures):
     """Run a batch; on error with 'skip', retry one by one and reject the failing inputs.
 
     Only errors about an input are its fault: a ConfigError (a setting no input can satisfy) and
@@ -250,27 +328,25 @@ def _process_batch(batch, key, process, on_error: OnError, rejects: RejectsFile,
     run, so a transient failure never rejects records for good.
     """
     try:
-        return process(batch), batch
+        records = process(batch)
     except ConfigError:
         raise
     except (RecordError, ValueError, FloatingPointError) as e:
-        if on_error == "raise":
-            if len(batch) == 1:
-                raise StageInputError(f"{stage}: input {key(batch[0])!r}: {e} (use --on-error skip to set such inputs aside)") from e
-            return _one_by_one(batch, key, process, "raise", rejects, stage, res)
-        if len(batch) == 1:
-            handle_bad(f"{stage} input {key(batch[0])!r}", str(e), on_error, rejects, record_id=key(batch[0]), stage=stage)
-            res.n_rejected += 1
-            res.rejected.append(key(batch[0]))
-            return [], []
-        return _one_by_one(batch, key, process, on_error, rejects, stage, res)
+        if len(batch) > 1:
+            return _one_by_one(batch, process, fail)
+        if fail.on_error == "raise":
+            raise StageInputError(f"{fail.stage}: input {fail.key(batch[0])!r}: {e} (use --on-error skip to set such inputs aside)") from e
+        fail.reject(fail.key(batch[0]), str(e))
+        return [], []
+    fail.succeeded()
+    return records, batch
 
 
-def _one_by_one(batch, key, process, on_error: OnError, rejects, stage, res):
+def _one_by_one(batch, process, fail: _Failures):
     records: list[Record] = []
     ok = []
     for x in batch:
-        r, good = _process_batch([x], key, process, on_error, rejects, stage, res)
+        r, good = _process_batch([x], process, fail)
         records += r
         ok += good
     return records, ok

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..eval.chair import answer_chair
-from ..records import Candidate, Claim, ClaimScore, PreferencePair, Prompt
+from ..records import Candidate, Claim, ClaimScore, PreferencePair, Prompt, RecordError
 from ..store import read_records
 from .parse import Mention, parse_sentence
 from .prompts import scene_of
@@ -44,8 +44,13 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
 def audit_run(run: str | Path, prompts_file: str | Path | None = None) -> dict[str, Any]:
     """Numbers for a finished ``rlaifv feedback`` run over sandbox prompts."""
     run = Path(run)
-    prompts = {p.prompt_id: p for p in read_records(prompts_file or run / "prompts" / "prompts.jsonl", Prompt)}
+    ppath = Path(prompts_file or run / "prompts" / "prompts.jsonl")
+    prompts = {p.prompt_id: p for p in read_records(ppath, Prompt)}
     scenes = {pid: scene_of(p) for pid, p in prompts.items()}
+    unscened = [pid for pid, scene in scenes.items() if scene is None]
+    if unscened:  # a user's own photos have no ground truth to audit against
+        raise RecordError(f"{ppath}: {len(unscened)} of {len(scenes)} prompts (first {unscened[0]!r}) have no sandbox scene in "
+                          "their metadata; `rlaifv sandbox audit` checks runs over sandbox prompts only (their ground truth)")
     cands = {c.id: c for c in read_records(run / "candidates", Candidate)}
     claims = list(read_records(run / "claims", Claim))
     scores = {s.claim_id: s for s in read_records(run / "scores", ClaimScore)}
