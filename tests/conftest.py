@@ -16,6 +16,11 @@ import torch
 
 torch.set_num_threads(2)
 
+# The sandbox's extensions (stand-in conquer modes, sandbox prompts, sandbox selection/report),
+# registered as the rlaifv CLI registers them; the stages never import the sandbox
+# (tests/test_stage_boundaries.py checks that in a fresh interpreter).
+import rlaifv.sandbox.loop  # noqa: E402,F401
+
 #: A sandbox model small enough for tests: 48 px images, patch 8 -> 36 patches -> 9 image tokens.
 TINY_MODEL = dict(image_size=48, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
                   text_hidden=32, text_layers=1, text_heads=2, text_kv_heads=2, intermediate=64, vocab_size=600)

@@ -117,9 +117,10 @@ def test_bad_mode_is_rejected():
 def test_describe_then_match_by_hand(monkeypatch):
     # The labeler "describes" a fixed text; claims are accepted iff the described object matches
     # every attribute the claim states.
+    import rlaifv.sandbox.standins as S
     import rlaifv.stages.conquer as C
 
-    monkeypatch.setattr(C, "generate_answers", lambda *a, **k: ["There is a large red circle at the top left. There is a small blue star in the center."])
+    monkeypatch.setattr(S, "generate_answers", lambda *a, **k: ["There is a large red circle at the top left. There is a small blue star in the center."])
     monkeypatch.setattr(C, "yes_no_ids", lambda processor: None)
     qs = [PolarQuestion("p#0/0", "There is a large red circle at the top left.", "q"),
           PolarQuestion("p#0/1", "There is a small blue star at the top left.", "q"),   # wrong cell

@@ -261,4 +261,7 @@ def test_train_cli_end_to_end(tmp_path, tiny_sandbox_model, rlaifv_bin):
     summary = json.loads((out / "train.json").read_text())
     assert summary["steps"] == 2 and len(summary["checkpoints"]) == 2
     bad = subprocess.run(rlaifv_bin + ["train", "--pairs", str(pairs), "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--model" in bad.stdout  # no sandbox default in a user path
+    bad = subprocess.run(rlaifv_bin + ["train", "--pairs", str(pairs), "--model", str(tiny_sandbox_model), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True)
     assert bad.returncode == 2 and "prompts" in bad.stdout

@@ -11,6 +11,17 @@ from .report import write_json
 COLUMNS = (("iteration", "iteration"), ("chair_s", "CHAIR_s"), ("chair_i", "CHAIR_i"), ("recall", "recall"),
            ("pope_f1", "POPE F1"), ("avg_length", "avg len (words)"), ("pairs", "pairs"), ("seconds", "wall s"),
            ("selected", "next policy"))
+#: iterate's labeler-judged selection numbers (on a user's prompts: no sandbox metrics), shown when a row has them
+LABELER_COLUMNS = (("hallucination_rate", "halluc. rate (labeler)"), ("claims_per_answer", "claims/answer"))
+
+
+def columns(rows: Sequence[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """The table's columns: ``COLUMNS``, plus the labeler-judged ones when a row has them (then
+    without the sandbox metrics if no row has those)."""
+    if not any("hallucination_rate" in r for r in rows):
+        return COLUMNS
+    sandbox = COLUMNS[1:-3] if any("chair_i" in r for r in rows) else ()
+    return COLUMNS[:1] + sandbox + LABELER_COLUMNS + COLUMNS[-3:]
 
 
 def _fmt(v: Any) -> str:
@@ -21,8 +32,9 @@ def _fmt(v: Any) -> str:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a GitHub Markdown table (sampled descriptions; POPE F1 = mean of the splits)."""
-    head = "| " + " | ".join(t for _, t in COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    return head + "".join("| " + " | ".join(_fmt(r.get(k)) for k, _ in COLUMNS) + " |\n" for r in rows)
+    cols = columns(rows)
+    head = "| " + " | ".join(t for _, t in cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return head + "".join("| " + " | ".join(_fmt(r.get(k)) for k, _ in cols) + " |\n" for r in rows)
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -34,7 +46,11 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
 
     xs = [r["iteration"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label, style in (("chair_i", "CHAIR_i", "o-"), ("chair_s", "CHAIR_s", "s-"), ("recall", "object recall", "^--")):
+    series = (("chair_i", "CHAIR_i", "o-"), ("chair_s", "CHAIR_s", "s-"), ("recall", "object recall", "^--"))
+    if not any("chair_i" in r for r in rows) and any("hallucination_rate" in r for r in rows):  # a user's prompts
+        series = (("hallucination_rate", "rejected claims (labeler)", "o-"),)
+        title = title or "labeler-judged hallucination rate per iteration (held-out prompts)"
+    for key, label, style in series:
         ax.plot(xs, [r.get(key) for r in rows], style, label=label)
     ax.set_xlabel("iteration (0 = starting policy)")
     ax.set_xticks(xs)

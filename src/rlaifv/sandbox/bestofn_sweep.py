@@ -25,7 +25,7 @@ from ..eval.chair import chair_metrics
 from ..eval.report import write_json
 from ..records import Prompt
 from ..runner import StageInputError, rank_and_world
-from ..stages.bestofn import BestOfNConfig, BestOfNResult, load_models, load_prompts, pick_best, run_best_of_n
+from ..stages.bestofn import BestOfNConfig, BestOfNResult, load_models, load_prompts, pick_best, run_best_of_n, with_models
 from ..store import read_records
 from .prompts import scene_of
 from .world import Scene
@@ -124,6 +124,7 @@ def _seed_config(cfg: BestOfNConfig, seed: int) -> BestOfNConfig:
 
 def run_sweep(cfg: BestOfNConfig) -> dict[str, Any]:
     """Sample and score once per seed (resumable), then measure every (scorer, N); writes the outputs."""
+    cfg = with_models(cfg)  # a sandbox run: the shipped models unless named
     out = Path(cfg.out)
     prompts, path = load_prompts(cfg)
     scenes = _scenes(prompts)

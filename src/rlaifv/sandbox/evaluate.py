@@ -19,6 +19,7 @@ from typing import Any, Callable
 from ..eval.chair import chair_metrics
 from ..eval.pope import SPLITS, pope_metrics, pope_questions
 from ..models.generate import generate_answers, score_yes_no
+from . import standins  # noqa: F401  (registers the stand-in claim modes, see claim_modes)
 from .render import render
 from .tasks import DESCRIBE_PROMPT, claim_question, hallucinated_object, sentence
 from .world import COLOURS, GRID, SHAPES, Scene, SceneObject, World, WorldConfig
@@ -42,7 +43,7 @@ class SandboxEvalConfig:
     pope: bool = True
     claims: bool = True
     #: how claim questions are judged: "direct" (the method's labeler) and/or the sandbox-only
-    #: stand-ins "describe_then_answer" / "describe_then_match" (see stages/conquer.py)
+    #: stand-ins "describe_then_answer" / "describe_then_match" (see sandbox/standins.py)
     claim_modes: tuple[str, ...] = ("direct",)
     batch_size: int = 50
 

@@ -46,12 +46,13 @@ from ..images import load_image
 from ..models.answers import answer_logprobs
 from ..models.chat import answer_ids
 from ..models.load import load_vlm, unwrap_peft
+from ..models.options import LoadOptions
 from ..records import Candidate, Prompt, Record, RecordError
-from ..resume import prompt_fingerprint
-from ..runner import local_device, rank_and_world
+from ..resume import ResumeOptions, prompt_fingerprint
+from ..runner import rank_and_world
 from ..store import read_inputs, read_records, rejects_count
 from .ask import AskConfig, ask
-from .conquer import ConquerConfig, conquer
+from .conquer import ConquerConfig, check_conquer_inputs, conquer
 from .divide import DivideConfig, divide
 from .feedback import _run, prompt_of_claim, prompts_file
 from .llm import build_chat_lm
@@ -288,15 +289,18 @@ class BestOfNModels:
 
 def load_models(cfg: BestOfNConfig, scorers: Sequence[str] | None = None) -> BestOfNModels:
     """Load the policy and what ``scorers`` (default: ``cfg.scorers``) need; a name loads once."""
+    cfg = with_models(cfg)
     scorers = tuple(scorers or cfg.scorers)
-    loaded: dict[str, ScoringModel] = {}
+    loaded: dict[tuple[str, str], ScoringModel] = {}
 
-    def get(name: str) -> ScoringModel:
-        if name not in loaded:
-            model, processor = load_vlm(name, local_device(cfg.sample.device), cfg.sample.dtype)
+    def get(name: str, how: Any = cfg.sample) -> ScoringModel:
+        """``name`` loaded as ``how`` says (sample section: policy, aligned, reference; conquer: the labeler)."""
+        key = (name, repr(LoadOptions.of(how)))
+        if key not in loaded:
+            model, processor = load_vlm(name, options=how)
             inner, peft = unwrap_peft(model)
-            loaded[name] = ScoringModel(name, inner, processor, peft)
-        return loaded[name]
+            loaded[key] = ScoringModel(name, inner, processor, peft)
+        return loaded[key]
 
     models = BestOfNModels(policy=get(cfg.sample.model))
     if set(REWARD_SCORERS) & set(scorers):
@@ -309,7 +313,7 @@ def load_models(cfg: BestOfNConfig, scorers: Sequence[str] | None = None) -> Bes
             raise ConfigError("the reward scorers need a reference model: set `reference` (--reference), "
                               "or give a LoRA adapter folder as `aligned` (its base is the reference)")
     if "labeler" in scorers:
-        models.labeler = get(cfg.conquer.model)
+        models.labeler = get(cfg.conquer.model, cfg.conquer)
         models.divide_lm = build_chat_lm(cfg.divide.llm, cfg.divide.endpoint) if cfg.divide.backend == "llm" else None
         models.ask_lm = build_chat_lm(cfg.ask.llm, cfg.ask.endpoint) if cfg.ask.backend == "llm" else None
     return models
@@ -413,9 +417,11 @@ def load_prompts(cfg: BestOfNConfig) -> tuple[list[Prompt], Path]:
     return read_inputs(path, Prompt, cfg.on_error, rejects_dir, "best-of-n", what="prompts"), path  # type: ignore[arg-type]
 
 
-def run_best_of_n(cfg: BestOfNConfig, prompts: list[Prompt], prompts_path: Path, out: Path, models: BestOfNModels | None = None):
+def run_best_of_n(cfg: BestOfNConfig, prompts: list[Prompt], prompts_path: Path, out: Path, models: BestOfNModels | None = None,
+                  resume: ResumeOptions | None = None):
     """The stage over ``prompts`` into ``out`` (resumable per prompt; split across processes
     under ``accelerate launch`` like the feedback stages). ``models`` reuses loaded models."""
+    cfg = with_models(cfg, require=models is None)  # the manifest pins the models actually used
     base = Path(prompts_path).parent
 
     def make_process():
@@ -429,7 +435,7 @@ def run_best_of_n(cfg: BestOfNConfig, prompts: list[Prompt], prompts_path: Path,
     return _run("best-of-n", Path(out), BestOfNResult, prompts, lambda p: p.prompt_id, make_process, lambda r: r.prompt_id,
                 config=stage_config(cfg), seeds={"seed": cfg.sample.seed}, input_paths=[prompts_path],
                 batch_size=cfg.sample.prompts_per_batch, on_error=cfg.on_error, rank=None, world=None,
-                fingerprint=lambda p: prompt_fingerprint(p, base))  # question + image bytes: a changed prompt is noticed
+                fingerprint=lambda p: prompt_fingerprint(p, base), resume=resume)  # question + image bytes: a changed prompt is noticed
 
 
 def summarize(results: Sequence[BestOfNResult]) -> dict[str, Any]:
@@ -448,11 +454,29 @@ def summarize(results: Sequence[BestOfNResult]) -> dict[str, Any]:
     return out
 
 
-def best_of_n_run(cfg: BestOfNConfig) -> dict[str, Any]:
+def with_models(cfg: BestOfNConfig, require: bool = True) -> BestOfNConfig:
+    """A sandbox run (``sandbox_prompts``, no ``prompts``) defaults to the shipped sandbox:policy /
+    sandbox:labeler; any other run must name the policy, and the labeler if a scorer needs it
+    (``require``; not when the caller brings loaded models)."""
+    sample_cfg, judge = cfg.sample, cfg.conquer
+    if cfg.sandbox_prompts > 0 and not cfg.prompts:
+        sample_cfg = replace(sample_cfg, model=sample_cfg.model or "sandbox:policy")
+        judge = replace(judge, model=judge.model or "sandbox:labeler")
+    if require and not sample_cfg.model:
+        raise ConfigError("best-of-n: give --policy (or sample.model in the config): the model that samples the N answers")
+    if require and "labeler" in cfg.scorers and not judge.model:
+        raise ConfigError("best-of-n: the labeler scorer needs --labeler (or conquer.model in the config)")
+    return replace(cfg, sample=sample_cfg, conquer=judge)
+
+
+def best_of_n_run(cfg: BestOfNConfig, resume: ResumeOptions | None = None) -> dict[str, Any]:
     """``rlaifv best-of-n``: prompts -> out/results (records) + out/summary.json; returns the summary."""
+    cfg = with_models(cfg)
     out = Path(cfg.out)
     prompts, path = load_prompts(cfg)
-    run_best_of_n(cfg, prompts, path, out / "results")
+    if "labeler" in cfg.scorers:
+        check_conquer_inputs(cfg.conquer, prompts)  # a sandbox-only stand-in refuses real prompts
+    run_best_of_n(cfg, prompts, path, out / "results", resume=resume)
     if rank_and_world()[0] != 0:
         return {}
     summary = summarize(list(read_records(out / "results", BestOfNResult)))

@@ -14,48 +14,90 @@ Deviation switches, off by default:
 * ``repetition_penalty``: the reference code read probabilities after a repetition penalty
   (1.1 OmniLMM, 1.2 MiniCPM-V) over the prompt tokens; since the prompt contains "yes" and
   "no", this shifts exactly the tokens compared. Set it to reproduce the reference.
-* ``mode='describe_then_answer'``: a **sandbox-only stand-in** where the labeler first writes
-  its own description of the image, which is kept in context before each question. It is not
-  the method's labeler and is named as such in every output.
-* ``mode='describe_then_match'``: a **sandbox-only stand-in** that needs no yes/no skill: the
-  labeler writes its own description, and a claim is accepted iff the sandbox parser finds the
-  claimed object with the same stated attributes in it (p_yes = 1 or 0). The labeler's errors
-  are then its perception errors only. For the holistic ablation (claim ids ending in
-  ``/holistic``: the whole answer is the claim) the answer is accepted iff every object it
-  mentions matches. Used where the sandbox labeler's yes/no answers are not
-  good enough (see RESULTS.md); never for real data.
+
+Modes (``mode``): a registry of :class:`ConquerMode` (:func:`register_conquer_mode`). This module
+registers only ``direct``, the method's conquer above. Other ways of judging claims plug in
+from outside without this package importing them: the sandbox's stand-ins ``describe_then_answer``
+and ``describe_then_match`` live in ``rlaifv/sandbox/standins.py`` and register themselves when
+it is imported (the ``rlaifv`` CLI does; the stages never import the sandbox). A mode may refuse
+prompts it cannot judge (:func:`check_conquer_inputs`): the stand-ins refuse any prompt without
+a sandbox scene, i.e. every real image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
-from ..models.generate import generate_answers, score_yes_no
+from ..config import ConfigError
+from ..models.generate import score_yes_no
+from ..models.options import LoadOptions
 from ..models.template import override_yes_no_ids
 from ..models.yesno import YesNoIds, p_yes_no, yes_no_ids
-from ..records import ClaimScore, PolarQuestion
-from ..sandbox.tasks import DESCRIBE_PROMPT
+from ..records import ClaimScore, PolarQuestion, Prompt
 
-MODES = ("direct", "describe_then_answer", "describe_then_match")
+#: (image, its questions) per image: what a conquer mode judges
+Groups = Sequence[tuple[Image.Image, list[PolarQuestion]]]
+
+
+@dataclass(frozen=True)
+class ConquerMode:
+    """One way of judging claims, registered under ``name`` (the ``conquer.mode`` value).
+
+    ``run(model, processor, groups, cfg)`` returns one ClaimScore per question; ``check_prompts``
+    (optional) raises ConfigError for prompts the mode cannot judge, before any work.
+    """
+
+    name: str
+    run: Callable[..., list[ClaimScore]]
+    check_prompts: Callable[[Sequence[Prompt]], None] | None = None
+    description: str = ""
+
+
+#: name -> mode; ``direct`` is registered below, other modes by whoever provides them
+CONQUER_MODES: dict[str, ConquerMode] = {}
+
+
+def register_conquer_mode(mode: ConquerMode) -> None:
+    """Make ``mode.name`` a valid ``conquer.mode`` (re-registering the same name replaces it)."""
+    CONQUER_MODES[mode.name] = mode
+
+
+def conquer_mode(name: str) -> ConquerMode:
+    """The registered mode ``name``; ConfigError listing the registered ones otherwise."""
+    if name not in CONQUER_MODES:
+        raise ConfigError(f"conquer mode {name!r} is not registered (registered: {', '.join(sorted(CONQUER_MODES))}); the "
+                          "sandbox-only stand-ins describe_then_answer / describe_then_match register on "
+                          "`import rlaifv.sandbox.standins` (the rlaifv CLI does this)")
+    return CONQUER_MODES[name]
+
+
+def check_conquer_inputs(cfg: "ConquerConfig", prompts: Sequence[Prompt]) -> None:
+    """ConfigError before any work if ``cfg.mode`` cannot judge these prompts (e.g. a sandbox-only
+    stand-in given real images)."""
+    mode = conquer_mode(cfg.mode)
+    if mode.check_prompts is not None:
+        mode.check_prompts(prompts)
 
 
 @dataclass
-class ConquerConfig:
-    """Settings of ``rlaifv conquer``."""
+class ConquerConfig(LoadOptions):
+    """Settings of ``rlaifv conquer``.
 
-    model: str = "sandbox:labeler"  # labeler folder, sandbox:labeler, or the policy (self-feedback)
-    mode: str = "direct"  # direct | describe_then_answer (sandbox-only stand-in)
+    Model loading: the ``LoadOptions`` fields (``models/options.py``: device, dtype, device_map, max_memory,
+    attn_implementation, load_in_4bit/8bit, trust_remote_code), flat in this section.
+    """
+
+    model: str = ""  # labeler folder, sandbox:labeler, or the policy (self-feedback); required
+    mode: str = "direct"  # a registered mode: direct (the method), or a sandbox-only stand-in (rlaifv.sandbox.standins)
     share_prefix: bool = True  # encode image + common prefix once per image (False: naive, for checks)
     batch_size: int = 32  # question suffixes per forward
     repetition_penalty: float | None = None  # reference-compatible deviation switch (e.g. 1.1)
-    describe_prompt: str = DESCRIBE_PROMPT
+    describe_prompt: str = "Describe the image in detail."  # describe-first modes (stand-ins): the labeler's own description
     describe_max_new_tokens: int = 256
-    device: str = "cpu"
-    dtype: str = "float32"
     yes_tokens: list | None = None  # override: first-answer tokens read as "yes" (vocabulary strings or ids), e.g. ["▁Yes", "▁yes"]
     no_tokens: list | None = None  # override: first-answer tokens read as "no"; both or neither
     min_mean_mass: float = 0.5  # warn when the mean yes+no probability mass falls below this
@@ -65,8 +107,8 @@ class ConquerConfig:
     max_image_pixels: int = 40_000_000  # larger images are bad inputs, refused from their header (0: no limit)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"conquer mode {self.mode!r}: expected one of {MODES}")
+        super().__post_init__()
+        conquer_mode(self.mode)  # ConfigError naming the registered modes
         if (self.yes_tokens is None) != (self.no_tokens is None):
             raise ValueError("conquer: give both yes_tokens and no_tokens, or neither")
         if not 0.0 <= self.min_mean_mass <= 1.0:
@@ -144,15 +186,20 @@ def mass_summary(scores: Sequence[ClaimScore], min_mean_mass: float = 0.5) -> di
     return out
 
 
-def conquer(model, processor, groups: Sequence[tuple[Image.Image, list[PolarQuestion]]], cfg: ConquerConfig) -> list[ClaimScore]:
-    """Score every question; ``groups`` holds the questions about each image together."""
+def conquer(model, processor, groups: Groups, cfg: ConquerConfig) -> list[ClaimScore]:
+    """Score every question with ``cfg.mode``; ``groups`` holds the questions about each image together."""
+    return conquer_mode(cfg.mode).run(model, processor, groups, cfg)
+
+
+def score_direct(model, processor, groups: Groups, cfg: ConquerConfig,
+                 histories: Sequence[list[tuple[str, str]]] | None = None) -> list[ClaimScore]:
+    """The method's conquer: p_yes / p_no at the first answer token of each question.
+
+    ``histories`` (one per group) are earlier (question, answer) turns kept in context before
+    each question (a describe-first stand-in passes the labeler's own description).
+    """
     ids = labeler_yes_no_ids(processor, cfg)
-    history_of: list[list[tuple[str, str]]] = [[] for _ in groups]
-    if cfg.mode == "describe_then_match":
-        return _describe_then_match(model, processor, groups, cfg)
-    if cfg.mode == "describe_then_answer":
-        texts = _describe(model, processor, groups, cfg)
-        history_of = [[(cfg.describe_prompt, t)] for t in texts]
+    history_of = list(histories) if histories is not None else [[] for _ in groups]
     check_conquer_prompts(model, processor, groups, history_of, cfg)
     out: list[ClaimScore] = []
     for (image, questions), history in zip(groups, history_of):
@@ -163,12 +210,15 @@ def conquer(model, processor, groups: Sequence[tuple[Image.Image, list[PolarQues
     return out
 
 
+register_conquer_mode(ConquerMode("direct", score_direct, description="the labeler's p_yes / p_no at the first answer token"))
+
+
 def check_conquer_prompts(model, processor, groups: Sequence[tuple[Image.Image, list[PolarQuestion]]],
                           histories: Sequence[Sequence[tuple[str, str]]], cfg: ConquerConfig) -> None:
     """PromptTooLongError naming the first claim whose question prompt exceeds the limit, before it is scored.
 
-    Direct mode checks before any forward; ``describe_then_answer`` after the description is
-    written (it is part of the prompt). ``describe_then_match`` feeds no question to the model.
+    Direct mode checks before any forward; a describe-first mode after the description is
+    written (it is part of the prompt).
     """
     from ..models.context import check_question_lengths, prompt_token_limit
 
@@ -176,40 +226,3 @@ def check_conquer_prompts(model, processor, groups: Sequence[tuple[Image.Image, 
     for (image, questions), history in zip(groups, histories):
         check_question_lengths(processor, image, [f"claim {q.claim_id!r}" for q in questions], [q.question for q in questions],
                                limit, why, history)
-
-
-def _describe(model, processor, groups, cfg: ConquerConfig) -> list[str]:
-    """The labeler's greedy description of each group's image, one generation call per image.
-
-    Batching images together would make a description depend on its batch companions (left
-    padding and the row count change float rounding, which can flip a greedy token), and so
-    on how the runner cut its batches; see ``stages/sample.py``.
-    """
-    return [generate_answers(model, processor, [image], [cfg.describe_prompt], max_new_tokens=cfg.describe_max_new_tokens)[0]
-            for image, _ in groups]
-
-
-def _describe_then_match(model, processor, groups, cfg: ConquerConfig) -> list[ClaimScore]:
-    from ..sandbox.parse import parse_answer, parse_sentence
-
-    texts = _describe(model, processor, groups, cfg)
-    out: list[ClaimScore] = []
-    for (_, questions), text in zip(groups, texts):
-        seen = parse_answer(text).mentions
-        for q in questions:
-            if q.claim_id.endswith("/holistic"):  # the holistic ablation: the whole answer, every object must match
-                claimed = parse_answer(q.claim).mentions
-                found = bool(claimed) and all(any(_same(c, m) for m in seen) for c in claimed)
-            else:
-                ok, claim = parse_sentence(q.claim)
-                found = ok and claim is not None and any(_same(claim, m) for m in seen)
-            out.append(ClaimScore(claim_id=q.claim_id, question=q.question, p_yes=1.0 if found else 0.0, p_no=0.0 if found else 1.0))
-    return out
-
-
-def _same(claim, mention) -> bool:
-    """The described object matches every attribute the claim states."""
-    return claim.shape == mention.shape and all(
-        getattr(claim, a) is None or getattr(claim, a) == getattr(mention, a) for a in ("colour", "size", "cell")
-    )
-

@@ -21,8 +21,8 @@ import os
 import shutil
 import time
 import warnings
-from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,9 +36,10 @@ from ..runner import PROGRESS_NAME, barrier, local_device, rank_and_world, read_
 from ..store import (LOCK_NAME, MANIFEST_NAME, REJECTS_NAME, RecordStore, RejectsFile, StoreError, _fsync_dir,
                      _list_shards, merge_stores, read_inputs, read_manifest, read_records, rejects_count,
                      write_manifest)
-from .ask import AskConfig, ask
-from .conquer import ConquerConfig, conquer, mass_summary
+from .ask import AskConfig, ask_results
+from .conquer import ConquerConfig, check_conquer_inputs, conquer, mass_summary
 from .divide import DivideConfig, divide
+from .llm_stage import LLMStageRun, finish_stage, manifest_config, read_summary, summary_lines
 from .pairs import PairsConfig, holistic_question, make_pairs, score_candidates, score_holistic
 from .sample import SampleConfig, sample
 
@@ -47,7 +48,9 @@ from .sample import SampleConfig, sample
 class FeedbackConfig:
     """One config for the whole feedback engine (YAML sections = stage configs)."""
 
-    prompts: str = ""  # prompts file (JSONL/parquet of Prompt records); empty: use `sandbox_prompts`
+    prompts: str = ""  # prompts: JSONL/parquet, a datasets save_to_disk folder or an image folder (inputs.py); empty: use `sandbox_prompts`
+    question: str = ""  # default question for prompt sources without a question column (an image folder)
+    copy_images: bool = True  # copy the images into out/prompts/images/ (the run folder travels); false: refer to them by absolute path
     sandbox_prompts: int = 0  # >0: generate this many sandbox describe prompts into out/prompts
     out: str = "runs/feedback"
     on_error: str = "raise"  # raise | skip (bad inputs go to each stage's rejects.jsonl)
@@ -67,21 +70,41 @@ def prompts_file(prompts: str, sandbox_prompts: int, out: str | Path, split: str
     if prompts:
         return Path(prompts)
     if sandbox_prompts > 0:
-        from ..sandbox.prompts import write_sandbox_prompts
+        from .extensions import prompt_source
 
+        write = prompt_source("sandbox", "sandbox_prompts")  # registered by rlaifv.sandbox (the CLI imports it)
         path = Path(out) / "prompts" / "prompts.jsonl"
         if rank_and_world()[0] == 0:
-            path = write_sandbox_prompts(path.parent, sandbox_prompts, split=split)
+            path = write(path.parent, sandbox_prompts, split, 0)
         barrier()
         return path
     raise ConfigError("no prompts: give `prompts` (a JSONL/parquet file) or `sandbox_prompts` > 0")
 
 
+def with_models(cfg: FeedbackConfig) -> FeedbackConfig:
+    """A sandbox run (``sandbox_prompts``, no ``prompts``) defaults to the shipped sandbox:policy /
+    sandbox:labeler; any other run must name both models (ConfigError naming the flags)."""
+    sample, judge = cfg.sample, cfg.conquer
+    if cfg.sandbox_prompts > 0 and not cfg.prompts:
+        sample = replace(sample, model=sample.model or "sandbox:policy")
+        judge = replace(judge, model=judge.model or "sandbox:labeler")
+    if not sample.model:
+        raise ConfigError("feedback: give --policy (or sample.model in the config): the model that samples the answers")
+    if not judge.model:
+        raise ConfigError("feedback: give --labeler (or conquer.model in the config): the labeler, or the policy itself for self-feedback")
+    return replace(cfg, sample=sample, conquer=judge)
+
+
 def _prompts(cfg: FeedbackConfig) -> tuple[list[Prompt], Path]:
-    """The prompts; with ``on_error: skip`` malformed lines go to the sample stage's rejects (rank 0 writes them)."""
+    """The prompts, from the run's own copy ``out/prompts/prompts.jsonl`` (images in
+    ``out/prompts/images/``: ``inputs.copy_into_run``, so the run folder travels); with
+    ``on_error: skip`` malformed lines go to the sample stage's rejects (rank 0 writes them)."""
+    from ..inputs import copy_into_run
+
     path = prompts_file(cfg.prompts, cfg.sandbox_prompts, cfg.out)
     rejects_dir = Path(cfg.out) / "candidates" if rank_and_world()[0] == 0 else None
-    return read_inputs(path, Prompt, cfg.on_error, rejects_dir, "sample", what="prompts"), path  # type: ignore[arg-type]
+    prompts = read_inputs(path, Prompt, cfg.on_error, rejects_dir, "sample", what="prompts", question=cfg.question or None)  # type: ignore[arg-type]
+    return copy_into_run(prompts, path, cfg.out, cfg.copy_images)
 
 
 #: stage -> its folder under ``out`` (the folders whose rejects.jsonl the summary counts)
@@ -98,14 +121,15 @@ def _base_dir(path: Path) -> Path:
     return path.parent if path.is_file() else path
 
 
-def _load(name: str, device: str, dtype: str):
-    """The model on this process's device (``cuda`` -> ``cuda:{LOCAL_RANK}`` with several processes)."""
-    device = local_device(device)
-    if device.startswith("cuda:"):
+def _load(name: str, how):
+    """The model loaded as ``how`` (a stage config's LoadOptions fields) on this process's device
+    (``cuda`` -> ``cuda:{LOCAL_RANK}`` with several processes; a device map places it itself)."""
+    device = local_device(how.device)
+    if device.startswith("cuda:") and how.device_map is None:
         import torch
 
         torch.cuda.set_device(device)
-    return load_vlm(name, device, dtype)
+    return load_vlm(name, options=how)
 
 
 def _rank_dirs(out: Path) -> list[Path]:
@@ -195,7 +219,7 @@ def _run(stage: str, out: Path, record_type: type[Record], inputs: Sequence, key
               fingerprint=fingerprint, record_key=record_key, retry_rejects=resume.retry_rejects,
               redo_changed=resume.redo_changed)
     if world <= 1:
-        return run_stage(stage, out, record_type, inputs, key, make_process(), **kw)
+        return run_stage(stage, out, record_type, inputs, key, None, make_process=make_process, **kw)  # loads only if work is left
     out = Path(out)
     keys = [key(x) for x in inputs]
     _check_merged(stage, out, inputs, key, fingerprint, resume, rank)
@@ -208,7 +232,7 @@ def _run(stage: str, out: Path, record_type: type[Record], inputs: Sequence, key
     if not done:
         (out / f"rank-{rank}").mkdir(parents=True, exist_ok=True)
         (out / f"rank-{rank}" / "world.json").write_text(json.dumps({"rank": rank, "world_size": world}) + "\n")
-        res = run_stage(stage, out, record_type, inputs, key, make_process(), rank=rank, world_size=world, **kw)
+        res = run_stage(stage, out, record_type, inputs, key, None, make_process=make_process, rank=rank, world_size=world, **kw)
     barrier()
     if rank == 0:
         if not done:
@@ -222,10 +246,12 @@ def _run(stage: str, out: Path, record_type: type[Record], inputs: Sequence, key
 def run_sample(cfg: SampleConfig, prompts: list[Prompt], prompts_path: Path, out: Path, on_error: str = "raise",
                rank: int | None = None, world: int | None = None, resume: ResumeOptions | None = None):
     """Stage 1 over ``prompts`` into ``out`` (resumable; split across processes, see module doc)."""
+    if not cfg.model:
+        raise ConfigError("sample: give --model (or model in the config): the policy that samples the answers")
     base = _base_dir(prompts_path)
 
     def make_process():
-        model, proc = _load(cfg.model, cfg.device, cfg.dtype)
+        model, proc = _load(cfg.model, cfg)
 
         def process(batch: list[Prompt]) -> list[Candidate]:
             return sample(model, proc, batch, [load_image(p, base, cfg.max_image_pixels) for p in batch], cfg, model_name=cfg.model)
@@ -240,25 +266,53 @@ def run_sample(cfg: SampleConfig, prompts: list[Prompt], prompts_path: Path, out
 
 def run_divide(cfg: DivideConfig, prompts: list[Prompt], candidates: list[Candidate], out: Path, on_error: str = "raise",
                rank: int | None = None, world: int | None = None, resume: ResumeOptions | None = None):
-    """Stage 2: candidates -> claims. An empty answer is a bad input (error or reject)."""
+    """Stage 2: candidates -> claims. An empty answer is a bad input (error or reject).
+
+    Writes ``out/summary.json`` (answers with 0 claims; with the LLM backend its fallbacks and
+    dropped claims, raw replies in ``out/llm_raw.jsonl``, a line per batch in ``out/stage.log``)
+    and fails (LLMFallbackError) when fallbacks exceed ``max_fallback_rate`` (``llm_stage.py``).
+    """
     question_of = {p.prompt_id: p.question for p in prompts}
+    llm = LLMStageRun("divide", out, cfg.backend, cfg.llm, cfg.endpoint, cfg.max_fallback_rate, rank, world)
 
     def process(batch: list[Candidate]) -> list[Claim]:
         for c in batch:
             if not c.text.strip():
                 raise ValueError(f"candidate {c.id!r}: empty answer")
-        return [cl for r in divide(batch, question_of, cfg) for cl in r.claims]
+        llm.before_batch()
+        t = time.time()
+        results = divide(batch, question_of, cfg, lm=llm.lm())
+        llm.after_batch([{"id": r.candidate_id, "raw": r.raw, "parsed": r.parsed, "dropped": r.dropped, "fallback": r.fallback,
+                          "claims": [c.text for c in r.claims]} for r in results], time.time() - t, "answers")
+        return [cl for r in results for cl in r.claims]
 
-    return _run("divide", out, Claim, candidates, lambda c: c.id, lambda: process, lambda cl: cl.candidate_id,
-                config=asdict(cfg), batch_size=16, on_error=on_error, rank=rank, world=world,
-                fingerprint=lambda c: content_fingerprint(c.to_dict(), question_of.get(c.prompt_id)), resume=resume)
+    res = _run("divide", out, Claim, candidates, lambda c: c.id, lambda: process, lambda cl: cl.candidate_id,
+               config=manifest_config(asdict(cfg)), batch_size=llm.batch_size(16), on_error=on_error, rank=rank, world=world,
+               fingerprint=lambda c: content_fingerprint(c.to_dict(), question_of.get(c.prompt_id)), resume=resume)
+    per_candidate = Counter(cl.candidate_id for cl in read_records(out, Claim))
+    finish_stage("divide", out, [c.id for c in candidates], per_candidate, llm, cfg.fallback)
+    return res
 
 
 def run_ask(cfg: AskConfig, claims: list[Claim], out: Path, on_error: str = "raise", rank: int | None = None, world: int | None = None,
             resume: ResumeOptions | None = None):
-    """Stage 3: claims -> polar questions."""
-    return _run("ask", out, PolarQuestion, claims, lambda c: c.id, lambda: (lambda batch: ask(batch, cfg)),
-                lambda q: q.claim_id, config=asdict(cfg), batch_size=64, on_error=on_error, rank=rank, world=world, resume=resume)
+    """Stage 3: claims -> polar questions (LLM backend: raw replies, log, summary and threshold as in run_divide)."""
+    llm = LLMStageRun("ask", out, cfg.backend, cfg.llm, cfg.endpoint, cfg.max_fallback_rate, rank, world)
+
+    def process(batch: list[Claim]) -> list[PolarQuestion]:
+        llm.before_batch()
+        t = time.time()
+        results = ask_results(batch, cfg, lm=llm.lm())
+        llm.after_batch([{"id": r.question.claim_id, "raw": r.raw, "question": r.question.question, "fallback": r.fallback}
+                         for r in results], time.time() - t, "claims")
+        return [r.question for r in results]
+
+    res = _run("ask", out, PolarQuestion, claims, lambda c: c.id, lambda: process, lambda q: q.claim_id,
+               config=manifest_config(asdict(cfg)), batch_size=llm.batch_size(64), on_error=on_error, rank=rank, world=world,
+               resume=resume)
+    per_claim = Counter(q.claim_id for q in read_records(out, PolarQuestion))
+    finish_stage("ask", out, [c.id for c in claims], per_claim, llm, "rules")
+    return res
 
 
 def prompt_of_claim(claim_id: str) -> str:
@@ -269,6 +323,9 @@ def prompt_of_claim(claim_id: str) -> str:
 def run_conquer(cfg: ConquerConfig, prompts: list[Prompt], prompts_path: Path, questions: list[PolarQuestion], out: Path,
                 on_error: str = "raise", rank: int | None = None, world: int | None = None, resume: ResumeOptions | None = None):
     """Stage 4: every question about one image is scored together (shared prefix)."""
+    if not cfg.model:
+        raise ConfigError("conquer: give --model (or model in the config): the labeler, or the policy itself for self-feedback")
+    check_conquer_inputs(cfg, prompts)  # e.g. a sandbox-only stand-in mode refuses real prompts
     base = _base_dir(prompts_path)
     by_prompt: dict[str, list[PolarQuestion]] = defaultdict(list)
     for q in questions:
@@ -276,7 +333,7 @@ def run_conquer(cfg: ConquerConfig, prompts: list[Prompt], prompts_path: Path, q
     items = [p for p in prompts if p.prompt_id in by_prompt]
 
     def make_process():
-        model, proc = _load(cfg.model, cfg.device, cfg.dtype)
+        model, proc = _load(cfg.model, cfg)
 
         def process(batch: list[Prompt]) -> list[ClaimScore]:
             return conquer(model, proc, [(load_image(p, base, cfg.max_image_pixels), by_prompt[p.prompt_id]) for p in batch], cfg)
@@ -338,8 +395,10 @@ def feedback(cfg: FeedbackConfig, resume: ResumeOptions | None = None) -> dict:
     With several processes every one runs stages 1-4 (its share, then the merged result); only
     rank 0 makes the pairs and writes ``feedback.json``; the others return without ``pairs``.
     """
+    cfg = with_models(cfg)
     out = Path(cfg.out)
     prompts, ppath = _prompts(cfg)
+    check_conquer_inputs(cfg.conquer, prompts)  # before any sampling: a sandbox-only stand-in refuses real prompts
     rank, _ = rank_and_world()
     summary: dict = {"stages": {}}
     t = time.time()
@@ -353,10 +412,12 @@ def feedback(cfg: FeedbackConfig, resume: ResumeOptions | None = None) -> dict:
     t = time.time()
     _note_resume(summary, "divide", run_divide(cfg.divide, prompts, candidates, out / "claims", cfg.on_error, resume=resume))
     summary["stages"]["divide"] = round(time.time() - t, 2)
+    summary["divide"] = read_summary(out / "claims")  # answers with 0 claims, LLM fallbacks (llm_stage.py)
     claims = read_store(out / "claims", Claim)
     t = time.time()
     _note_resume(summary, "ask", run_ask(cfg.ask, claims, out / "questions", cfg.on_error, resume=resume))
     summary["stages"]["ask"] = round(time.time() - t, 2)
+    summary["ask"] = read_summary(out / "questions")
     questions = read_store(out / "questions", PolarQuestion)
     t = time.time()
     _note_resume(summary, "conquer", run_conquer(cfg.conquer, prompts, ppath, questions, out / "scores", cfg.on_error, resume=resume))
@@ -416,6 +477,7 @@ def _finish_summary(out: Path, summary: dict) -> None:
         notes.append(f"{n_rej} prompts rejected, {n_kept} read: half or more of the input is bad "
                      f"(see {out / STAGE_FOLDERS['sample'] / REJECTS_NAME})")
         warnings.warn(f"feedback ({out}): {notes[-1]}", stacklevel=3)
+    notes += [line for st in ("divide", "ask") for line in summary_lines(summary.get(st), problems_only=True)]  # 0 claims, fallbacks
     summary["warnings"] = notes
     _write_summary(out, summary)
 

@@ -342,7 +342,8 @@ def make_pairs(scored: Sequence[ScoredCandidate], prompts: Mapping[str, Prompt],
     """Preference pairs from scored candidates (see the module docstring for the order of steps).
 
     ``mismatches`` (from the scorer) only feed the counts. Stats keys: scoring, candidates,
-    unpairable, pairable, prompts, combinations, dropped_tie, dropped_gap, dropped_identical,
+    unpairable (of which unpairable_no_claims: answers divide left without claims), pairable,
+    prompts, combinations, dropped_tie, dropped_gap, dropped_identical,
     pairs_before_cap, pairs_after_cap, pairs_after_balance, prompts_with_pairs,
     length_balance_r, mean_len_{chosen,rejected}_{before,after} (before = after the cap,
     before balancing), diagnosis (why there are 0 pairs, else None).
@@ -365,6 +366,7 @@ def make_pairs(scored: Sequence[ScoredCandidate], prompts: Mapping[str, Prompt],
     stats: dict[str, Any] = {
         "scoring": cfg.scoring, "min_score_gap": cfg.min_score_gap,
         "candidates": len(scored) + len(mismatches or ()), "unpairable": len(mismatches or ()),
+        "unpairable_no_claims": sum(1 for _, why in mismatches or () if why == "no claims"),  # 0-claim answers never pair
         "pairable": len(scored), "prompts": len(groups), **counts,
         "pairs_before_cap": before_cap, "pairs_after_cap": after_cap, "pairs_after_balance": len(pairs),
         "prompts_with_pairs": len({p.prompt_id for p in pairs}), "length_balance_r": r,
