@@ -26,7 +26,7 @@ SCENE = Scene("hand", [SceneObject("circle", "red", "large", 0), SceneObject("sq
 
 
 def _tiny_cfg(**kw) -> DirectLabelerConfig:
-    base = dict(init_from="", steps=2, warmup=1, claim_scenes=2, describe_scenes=2, log_every=1000, probe_scenes=2,
+    base = dict(init_from="", steps=2, warmup=1, claim_scenes=2, describe_scenes=2, log_every=1000, probe_scenes=2, existence_scenes=0,
                 cell_layer=0, match_layer=1, world=WorldConfig(image_size=48))
     return DirectLabelerConfig(**{**base, **kw})
 
@@ -96,7 +96,8 @@ def test_one_step_lowers_aux_loss_on_a_fixed_batch(tiny):
     cfg = _tiny_cfg(lr=5e-3, warmup=1)
     model, proc, heads, params, opt, sched = setup(cfg, model, proc)
     batch, aux, kinds = claim_batch(World(cfg.world), proc, random.Random(0), cfg)
-    assert len(kinds) == 4 and kinds.count("true") == 2
+    assert len(kinds) == 4 and kinds.count("true") == 2  # existence_scenes 0 (the tiny config): claim pairs only
+
     assert set(heads) == set(CELL_HEADS) | set(MATCH_HEADS)
 
     def aux_now() -> float:
@@ -113,6 +114,16 @@ def test_one_step_lowers_aux_loss_on_a_fixed_batch(tiny):
     opt.step()
     assert aux_now() < before
     train_step(model, proc, heads, params, opt, sched, World(cfg.world), random.Random(1), cfg, 0)  # the real step runs
+
+
+def test_existence_pairs_ask_pope_wording_with_cell_targets_ignored(tiny):
+    _, proc = tiny
+    cfg = _tiny_cfg(existence_scenes=1)
+    batch, aux, kinds = claim_batch(World(cfg.world), proc, random.Random(0), cfg)
+    assert kinds[:2] == ["probe_yes", "probe_no"] and kinds[2] == "true" and len(kinds) == 4
+    assert (aux["cell_shape"][:2] == -100).all() and (aux["match_shape"][:2] == -100).all() and (aux["q_shape"][:2] >= 0).all() and aux["exists"][:2].tolist() == [1, 0] and (aux["exists"][2:] == -100).all()
+    text = proc.tokenizer.decode(batch["input_ids"][0])
+    assert "in the image?" in text
 
 
 def test_saved_folder_is_a_plain_vlm_without_heads(tiny, tmp_path):

@@ -18,7 +18,8 @@ What: one clean run from ``sandbox:labeler`` with
 * **minimal claim pairs**: per train scene one true claim about a present object ``t`` and one
   false claim made from ``t`` by changing exactly one thing (:data:`CLAIM_KINDS`), answers
   "Yes." / "No." with the first answer token weighted ``first_token_weight``; the weak kinds are
-  drawn more often (a fixed reweighting, :attr:`DirectLabelerConfig.kind_weights`);
+  drawn more often (a fixed reweighting, :attr:`DirectLabelerConfig.kind_weights`); a few scenes
+  per batch give an existence pair in POPE's wording instead (a present and an absent shape);
 * a describe batch every ``describe_every``-th step, so it keeps describing;
 * one AdamW, vision tower frozen, linear warm-up then one cosine decay over the whole run.
 """
@@ -38,7 +39,7 @@ import torch.nn as nn
 
 from ..models.chat import IGNORE_INDEX, collate
 from .render import render
-from .tasks import DESCRIBE_PROMPT, claim_question, describe, hallucinated_object, yes_no
+from .tasks import DESCRIBE_PROMPT, claim_question, describe, hallucinated_object, noisy_description, probe_question, yes_no
 from .world import COLOURS, GRID, SHAPES, SIZES, Scene, SceneObject, World, WorldConfig
 
 #: False-claim kinds, named as ``evaluate.NEGATIVE_KINDS``: each changes exactly one thing of a
@@ -48,7 +49,7 @@ CLAIM_KINDS = ("absent_occupied", "wrong_colour", "wrong_size", "wrong_cell", "a
 #: Auxiliary heads: name -> (number of classes, which hidden state they read).
 CELL_HEADS = {"cell_shape": len(SHAPES) + 1, "cell_colour": len(COLOURS), "cell_size": len(SIZES),
               "q_shape": len(SHAPES), "q_colour": len(COLOURS), "q_size": len(SIZES), "q_cell": GRID * GRID}
-MATCH_HEADS = {"match_shape": 2, "match_colour": 2, "match_size": 2}
+MATCH_HEADS = {"match_shape": 2, "match_colour": 2, "match_size": 2, "exists": 2}
 #: Train scenes are drawn from indices below this, so their seeds never reach the val/test
 #: splits (``world._SPLIT_OFFSET``: val starts at 10,000,000).
 TRAIN_INDEX_RANGE = 10_000_000
@@ -68,8 +69,17 @@ class DirectLabelerConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     claim_scenes: int = 16  # x 2 claims (one true, one false) = 32 examples per claim step
+    #: of those scenes, this many give an existence pair instead ("Is there a <shape> in the
+    #: image?" for a present and an absent shape, POPE's wording): without them the model learns
+    #: position-carrying claims only and answers "no" to every existence question (POPE F1 0.003)
+    existence_scenes: int = 6
     describe_scenes: int = 16
     describe_every: int = 3  # every 3rd step is a describe batch
+    #: describe batches: each description mentions up to ``describe_max_extra`` absent objects with
+    #: this probability (0: canonical descriptions; the ``policy-direct`` preset keeps the policy's
+    #: own caption noise, so it still hallucinates while its yes/no answers get good)
+    describe_p_extra: float = 0.0
+    describe_max_extra: int = 1
     first_token_weight: float = 10.0
     aux_weight: float = 1.0
     cell_layer: int = 2  # hidden_states index: after text block 2
@@ -82,6 +92,18 @@ class DirectLabelerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def preset(name: str) -> DirectLabelerConfig:
+    """``labeler-direct``: the labeler recipe. ``policy-direct``: the same recipe from
+    ``sandbox:policy`` with its own kind of noisy captions (up to 2 absent objects, ``p_extra`` 1.0; its
+    pre-training used 0.8) in the describe batches: it keeps hallucinating in its descriptions while its
+    direct yes/no gets good, the generative-discriminative gap self-feedback needs (issue 10.2)."""
+    if name == "labeler-direct":
+        return DirectLabelerConfig()
+    if name == "policy-direct":
+        return DirectLabelerConfig(preset=name, init_from="sandbox:policy", describe_p_extra=1.0, describe_max_extra=2)
+    raise ValueError(f"unknown preset {name!r}; expected labeler-direct or policy-direct")
 
 
 # --------------------------------------------------------------------------- claims
@@ -130,7 +152,27 @@ def aux_targets(scene: Scene, obj: SceneObject) -> dict[str, int]:
         "match_shape": int(at is not None and at.shape == obj.shape),
         "match_colour": int(at is not None and at.colour == obj.colour),
         "match_size": int(at is not None and at.size == obj.size),
+        "exists": IGNORE_INDEX,  # existence probes only
     }
+
+
+def probe_pair(scene: Scene, rng: random.Random, world: WorldConfig) -> list[tuple[str, bool, str]]:
+    """[(question, answer, shape)] for a present shape and an absent one (a companion of a present
+    shape half of the time, as POPE's adversarial split asks); [] when every shape is present."""
+    present = sorted(scene.shapes())
+    absent = [s for s in SHAPES if s not in present]
+    if not absent:
+        return []
+    comps = [c for c in (world.companion(s) for s in present) if c and c in absent]
+    neg = rng.choice(comps) if comps and rng.random() < 0.5 else rng.choice(absent)
+    return [(probe_question(s), s != neg, s) for s in (rng.choice(present), neg)]
+
+
+def probe_targets(shape: str, present: bool) -> dict[str, int]:
+    """Auxiliary targets of an existence probe: the question's shape and whether the scene holds
+    it (``exists``, read after block ``match_layer``); it names no cell, so the cell heads ignore it."""
+    targets = {k: IGNORE_INDEX for k in {**CELL_HEADS, **MATCH_HEADS}}
+    return {**targets, "q_shape": SHAPES.index(shape), "exists": int(present)}
 
 
 def train_index(rng: random.Random) -> int:
@@ -141,10 +183,17 @@ def train_index(rng: random.Random) -> int:
 def claim_batch(world: World, processor, rng: random.Random, cfg: DirectLabelerConfig) -> tuple[dict, dict, list[str]]:
     """(model batch with labels, aux targets [B] per head, claim kinds) of ``claim_scenes`` x 2 claims."""
     images, questions, answers, targets, kinds = [], [], [], [], []
-    for _ in range(cfg.claim_scenes):
+    for i in range(cfg.claim_scenes):
         scene = world.scene(train_index(rng), "train")
         img = render(scene, world.config.image_size)
-        for obj, kind in claim_pair(scene, rng, world.config, cfg.kind_weights):
+        probes = probe_pair(scene, rng, world.config) if i < cfg.existence_scenes else []
+        for question, answer, shape in probes:
+            images.append(img)
+            questions.append(question)
+            answers.append(yes_no(answer))
+            targets.append(probe_targets(shape, answer))
+            kinds.append("probe_yes" if answer else "probe_no")
+        for obj, kind in ([] if probes else claim_pair(scene, rng, world.config, cfg.kind_weights)):
             images.append(img)
             questions.append(claim_question(obj))
             answers.append(yes_no(kind == "true"))
@@ -158,7 +207,11 @@ def describe_batch(world: World, processor, rng: random.Random, cfg: DirectLabel
     """A batch of canonical descriptions of ``describe_scenes`` train scenes."""
     scenes = [world.scene(train_index(rng), "train") for _ in range(cfg.describe_scenes)]
     images = [render(s, world.config.image_size) for s in scenes]
-    return collate(processor, images, [DESCRIBE_PROMPT] * len(scenes), [describe(s.objects) for s in scenes])
+    if cfg.describe_p_extra > 0:
+        texts = [noisy_description(s, rng, world.config, cfg.describe_p_extra, cfg.describe_max_extra) for s in scenes]
+    else:
+        texts = [describe(s.objects) for s in scenes]
+    return collate(processor, images, [DESCRIBE_PROMPT] * len(scenes), texts)
 
 
 # --------------------------------------------------------------------------- losses
@@ -200,8 +253,9 @@ def aux_loss(hidden_states, pos: torch.Tensor, heads: nn.ModuleDict, aux: dict, 
     for name in heads:
         layer = cfg.cell_layer if name in CELL_HEADS else cfg.match_layer
         logits = heads[name](at[layer].float())
-        total = total + nn.functional.cross_entropy(logits, aux[name], ignore_index=IGNORE_INDEX)
         keep = aux[name] != IGNORE_INDEX
+        if keep.any():  # existence probes have no cell: their cell and match targets are ignored
+            total = total + nn.functional.cross_entropy(logits, aux[name], ignore_index=IGNORE_INDEX)
         acc[name] = (logits.argmax(-1)[keep] == aux[name][keep]).float().mean().item() if keep.any() else float("nan")
     return total, acc
 
