@@ -15,6 +15,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from .cli_options import ModelFlags, merge, model_options
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -26,6 +28,26 @@ console = Console()
 
 class UserError(Exception):
     """An error the user can fix; printed without a traceback."""
+
+
+_DEBUG = {"on": False}  # set by `rlaifv --debug COMMAND ...`: errors show their traceback
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"rlaifv {version('rlaifv')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="On an error, show the full traceback instead of one line."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the rlaifv version and exit."),
+) -> None:
+    """Options of every command, given before it: `rlaifv --debug sample ...`."""
+    _DEBUG["on"] = debug
 
 
 @sandbox_app.command("pretrain")
@@ -87,15 +109,15 @@ def sandbox_audit(
 
 
 @app.command("eval")
+@model_options()
 def eval_cmd(
     model: list[str] = typer.Option(["sandbox:policy", "sandbox:labeler"], help="Model folder(s) or sandbox:policy / sandbox:labeler."),
     n_scenes: int = typer.Option(200, help="Held-out sandbox scenes."),
     split: str = typer.Option("test", help="Scene split: val | test."),
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Optional[Path] = typer.Option(None, help="Write all metrics as JSON here."),
-    device: str = typer.Option("cpu", help="cpu | cuda."),
-    dtype: str = typer.Option("float32", help="float32 | bfloat16."),
     claim_mode: list[str] = typer.Option(["direct"], help="Claim-question mode(s): direct | describe_then_answer | describe_then_match (the last two: sandbox-only stand-ins)."),
+    load: ModelFlags = None,  # the model-loading flags (cli_options.model_options)
 ) -> None:
     """Sandbox hallucination metrics: CHAIR_i/CHAIR_s/recall, POPE (3 splits), claim-question F1."""
     from .eval.report import write_json
@@ -105,7 +127,7 @@ def eval_cmd(
     cfg = SandboxEvalConfig(n_scenes=n_scenes, split=split, seed=seed, claim_modes=tuple(claim_mode))
     rows, results = [], {}
     for name in model:
-        m, p = load_vlm(name, device=device, dtype=dtype)
+        m, p = load_vlm(name, options=load.options())
         with console.status(f"evaluating {name} on {n_scenes} scenes"):
             results[name] = evaluate_sandbox(m, p, cfg)
         rows.append(summary_row(name, results[name]))
@@ -144,13 +166,15 @@ def eval_coco(
 
 
 @app.command("feedback")
+@model_options(labeler=True)
 def feedback_cmd(
     config: Optional[Path] = typer.Option(None, help="YAML with FeedbackConfig (sections: sample, divide, ask, conquer, pairs)."),
-    prompts: Optional[str] = typer.Option(None, help="Prompts file (JSONL/parquet of {prompt_id, question, image})."),
+    prompts: Optional[str] = typer.Option(None, help="Prompts: JSONL/parquet of {prompt_id, question, image}, a datasets save_to_disk folder, or an image folder; copied with its images into RUN/prompts/."),
+    question: Optional[str] = typer.Option(None, help="Default question for prompts without one (an image folder without a question column)."),
     sandbox_prompts: Optional[int] = typer.Option(None, help="Instead of --prompts: N held-out sandbox describe prompts."),
     out: Optional[str] = typer.Option(None, help="Run folder (one subfolder per stage)."),
-    policy: Optional[str] = typer.Option(None, help="Policy model that samples the candidates."),
-    labeler: Optional[str] = typer.Option(None, help="Labeler model (the policy itself for self-feedback)."),
+    policy: Optional[str] = typer.Option(None, help="Policy model that samples the candidates (required; --sandbox-prompts: sandbox:policy)."),
+    labeler: Optional[str] = typer.Option(None, help="Labeler model, or the policy itself for self-feedback (required; --sandbox-prompts: sandbox:labeler)."),
     n: Optional[int] = typer.Option(None, help="Candidates per prompt (default 10)."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Sampling budget per candidate (default 512)."),
     seed: Optional[int] = typer.Option(None, help="Sampling seed."),
@@ -158,15 +182,17 @@ def feedback_cmd(
     on_error: Optional[str] = typer.Option(None, help="raise | skip (bad inputs go to each stage's rejects.jsonl)."),
     retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
     redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
+    load: ModelFlags = None,  # the model-loading flags (cli_options.model_options)
 ) -> None:
     """Sample -> divide -> ask -> conquer -> pairs, resumable; rerun the same command after a kill."""
     from .config import load_config
     from .stages.feedback import FeedbackConfig, feedback
 
-    over = {"prompts": prompts, "sandbox_prompts": sandbox_prompts, "out": out, "on_error": on_error,
+    _sandbox_extensions()
+    over = {"prompts": prompts, "question": question, "sandbox_prompts": sandbox_prompts, "out": out, "on_error": on_error,
             "sample": _drop_none({"model": policy, "n": n, "max_new_tokens": max_new_tokens, "seed": seed}),
             "conquer": _drop_none({"model": labeler, "mode": conquer_mode})}
-    cfg = load_config(FeedbackConfig, config, over)
+    cfg = load_config(FeedbackConfig, config, merge(load.feedback(), over))
     summary = feedback(cfg, _resume_options(retry_rejects, redo_changed))
     if "pairs" not in summary:  # not rank 0 of a multi-process launch: rank 0 reports
         return
@@ -175,6 +201,8 @@ def feedback_cmd(
     row = {**summary["counts"], "pairs": st.get("pairs_after_balance"), **{f"{k} s": v for k, v in summary["stages"].items()}}
     _metric_table(f"feedback -> {cfg.out}", [{"model": "value", **row}])
     _print_mass(summary.get("conquer", {}))
+    for stage in ("divide", "ask"):
+        _print_stage_summary(summary=summary.get(stage) or {})
     _print_resume(summary.get("rejects_carried", {}), summary.get("redone", {}))
     _print_rejected(summary.get("rejected", {}), cfg.out, cfg.on_error)
     for note in summary.get("warnings", []):
@@ -182,6 +210,13 @@ def feedback_cmd(
             console.print(f"[bold red]warning:[/] {note}")
     if st.get("diagnosis"):
         console.print(f"[bold red]0 pairs:[/] {st['diagnosis']}")
+
+
+def _sandbox_extensions() -> None:
+    """Register the sandbox's extensions (stand-in conquer modes, sandbox prompts, sandbox selection
+    and report: ``stages/extensions.py``) so that a config may name them; the stages never import
+    the sandbox, and nothing of it runs unless a config asks for it."""
+    from .sandbox import loop  # noqa: F401
 
 
 def _resume_options(retry_rejects: bool, redo_changed: bool):
@@ -205,6 +240,14 @@ def _stage_done(stage: str, res, what: str, out) -> None:
     console.print(f"{stage}: {res.n_written if res else 0} {what} written to {out}{_rejected_note(out)}")
     if res is not None:
         _print_resume({stage: res.n_rejects_carried}, {stage: res.redone} if res.redone else {})
+
+
+def _print_stage_summary(out=None, summary: Optional[dict] = None) -> None:
+    """A divide / ask stage's answers with 0 claims and LLM fallbacks (its ``summary.json``), if any."""
+    from .stages.llm_stage import read_summary, summary_lines
+
+    for line in summary_lines(summary if summary is not None else read_summary(out)):
+        console.print(line, markup=False, soft_wrap=True)
 
 
 def _print_rejected(counts: dict, out, on_error: str) -> None:
@@ -264,6 +307,7 @@ def _rejected_note(out) -> str:
 
 
 @app.command("sample")
+@model_options()
 def sample_cmd(
     prompts: Path = typer.Option(..., help="Prompts file (JSONL/parquet of {prompt_id, question, image})."),
     out: Path = typer.Option(..., help="Output folder of Candidate records."),
@@ -276,13 +320,14 @@ def sample_cmd(
     on_error: str = typer.Option("raise", help="raise | skip."),
     retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
     redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
+    load: ModelFlags = None,  # the model-loading flags (cli_options.model_options)
 ) -> None:
     """Stage 1: n candidates per prompt with identical decoding (deconfounded sampling)."""
     from .config import load_config
     from .stages.feedback import run_sample
     from .stages.sample import SampleConfig
 
-    cfg = load_config(SampleConfig, config, {"model": model, "n": n, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed})
+    cfg = load_config(SampleConfig, config, {"model": model, "n": n, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, **load.model})
     recs, path = _prompts_file(prompts, on_error, out, "sample")
     res = run_sample(cfg, recs, path, out, on_error,
           resume=_resume_options(retry_rejects, redo_changed))
@@ -290,15 +335,18 @@ def sample_cmd(
 
 
 @app.command("divide")
+@model_options()
 def divide_cmd(
     candidates: Path = typer.Option(..., help="Folder of Candidate records (from `rlaifv sample`)."),
     prompts: Path = typer.Option(..., help="The prompts file (questions give context to LLM splitting)."),
     out: Path = typer.Option(..., help="Output folder of Claim records."),
     config: Optional[Path] = typer.Option(None, help="YAML with DivideConfig fields."),
     backend: Optional[str] = typer.Option(None, help="rules | llm."),
+    llm_model: Optional[str] = typer.Option(None, help="--backend llm: local chat LLM folder (llm.model_path), e.g. from `rlaifv convert-gguf`."),
     on_error: str = typer.Option("raise", help="raise | skip."),
     retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
     redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
+    load: ModelFlags = None,  # the model-loading flags (cli_options.model_options)
 ) -> None:
     """Stage 2: split each answer into atomic, self-contained factual claims."""
     from .config import load_config
@@ -306,23 +354,27 @@ def divide_cmd(
     from .stages.divide import DivideConfig
     from .stages.feedback import run_divide
 
-    cfg = load_config(DivideConfig, config, {"backend": backend})
+    cfg = load_config(DivideConfig, config, {"backend": backend, "llm": {**load.model, **_drop_none({"model_path": llm_model})}})
     res = run_divide(cfg, _prompts_file(prompts, on_error, out, "divide")[0],
                      _inputs(candidates, Candidate, on_error, out, "divide", "candidates"), out, on_error,
           resume=_resume_options(retry_rejects, redo_changed))
     _stage_done("divide", res, "claims", out)
+    _print_stage_summary(out)
 
 
 @app.command("ask")
+@model_options()
 def ask_cmd(
     claims: Path = typer.Option(..., help="Folder of Claim records (from `rlaifv divide`)."),
     out: Path = typer.Option(..., help="Output folder of PolarQuestion records."),
     config: Optional[Path] = typer.Option(None, help="YAML with AskConfig fields."),
     backend: Optional[str] = typer.Option(None, help="rules | llm."),
     suffix: Optional[str] = typer.Option(None, help='Appended to each question (default "Please answer yes or no.").'),
+    llm_model: Optional[str] = typer.Option(None, help="--backend llm: local chat LLM folder (llm.model_path), e.g. from `rlaifv convert-gguf`."),
     on_error: str = typer.Option("raise", help="raise | skip."),
     retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
     redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
+    load: ModelFlags = None,  # the model-loading flags (cli_options.model_options)
 ) -> None:
     """Stage 3: turn each claim into a yes/no question (negation and tense kept)."""
     from .config import load_config
@@ -330,13 +382,15 @@ def ask_cmd(
     from .stages.ask import AskConfig
     from .stages.feedback import run_ask
 
-    cfg = load_config(AskConfig, config, {"backend": backend, "suffix": suffix})
+    cfg = load_config(AskConfig, config, {"backend": backend, "suffix": suffix, "llm": {**load.model, **_drop_none({"model_path": llm_model})}})
     res = run_ask(cfg, _inputs(claims, Claim, on_error, out, "ask", "claims"), out, on_error,
           resume=_resume_options(retry_rejects, redo_changed))
     _stage_done("ask", res, "questions", out)
+    _print_stage_summary(out)
 
 
 @app.command("conquer")
+@model_options()
 def conquer_cmd(
     questions: Path = typer.Option(..., help="Folder of PolarQuestion records (from `rlaifv ask`)."),
     prompts: Path = typer.Option(..., help="The prompts file (the images)."),
@@ -348,6 +402,7 @@ def conquer_cmd(
     on_error: str = typer.Option("raise", help="raise | skip."),
     retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
     redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
+    load: ModelFlags = None,  # the model-loading flags (cli_options.model_options)
 ) -> None:
     """Stage 4: the labeler's p_yes / p_no for every question (shared image prefix)."""
     from .config import load_config
@@ -355,7 +410,8 @@ def conquer_cmd(
     from .stages.conquer import ConquerConfig
     from .stages.feedback import conquer_mass, run_conquer
 
-    cfg = load_config(ConquerConfig, config, {"model": model, "mode": mode, "repetition_penalty": repetition_penalty})
+    _sandbox_extensions()
+    cfg = load_config(ConquerConfig, config, {"model": model, "mode": mode, "repetition_penalty": repetition_penalty, **load.model})
     recs, path = _prompts_file(prompts, on_error, out, "conquer")
     res = run_conquer(cfg, recs, path, _inputs(questions, PolarQuestion, on_error, out, "conquer", "questions"), out, on_error,
           resume=_resume_options(retry_rejects, redo_changed))
@@ -407,64 +463,87 @@ def import_rlaifv_cmd(
 
 @app.command("export")
 def export_cmd(
-    run: Path = typer.Option(..., help="A feedback run folder (holds prompts/ and pairs/) or give --pairs/--prompts."),
-    fmt: str = typer.Option("trl", "--format", help="trl (TRL vision preference parquet) | rlaifv (openbmb/RLAIF-V-Dataset schema)."),
-    out: Path = typer.Option(..., help="Output folder for the parquet file."),
-    prompts: Optional[Path] = typer.Option(None, help="Prompts file (default: RUN/prompts/prompts.jsonl)."),
+    out: Path = typer.Option(..., help="Output folder (trl / rlaifv: one parquet file; hf: a datasets save_to_disk folder + README.md card)."),
+    run: Optional[Path] = typer.Option(None, help="A feedback run folder: its pairs/ and prompts/prompts.jsonl (each overridable by --pairs / --prompts)."),
+    pairs: Optional[Path] = typer.Option(None, help="Pairs folder or file (PreferencePair records; default RUN/pairs)."),
+    prompts: Optional[Path] = typer.Option(None, help="Prompts the pairs came from (default RUN/prompts/prompts.jsonl)."),
+    fmt: str = typer.Option("trl", "--format", help="trl (TRL vision preference parquet) | rlaifv (openbmb/RLAIF-V-Dataset schema) | hf (datasets DatasetDict with an Image() column + dataset card)."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="With --format hf: also push to this Hub dataset repo (datasets' push_to_hub; the saved folder stays)."),
+    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repo private."),
     max_image_pixels: int = typer.Option(40_000_000, help="Refuse images larger than this (pixels, from the header; 0: no limit)."),
 ) -> None:
-    """Export preference pairs for TRL's DPOTrainer or in the RLAIF-V-Dataset schema.
+    """Export preference pairs for TRL's DPOTrainer, in the RLAIF-V-Dataset schema, or as a Hub dataset.
 
     Every image is decoded before it is embedded: a prompt naming a file that is not an image
     (or is above --max-image-pixels) stops the export with an error naming the pair."""
-    from .formats import to_rlaifv_dataset, to_trl
-    from .records import PreferencePair, Prompt
-    from .store import read_records
+    from .formats_hf import ExportError, export_inputs
 
-    ppath = prompts or run / "prompts" / "prompts.jsonl"
-    prompt_map = {p.prompt_id: p for p in read_records(ppath, Prompt)}
-    pairs = list(read_records(run / "pairs", PreferencePair))
-    if fmt == "trl":
-        ds = to_trl(pairs, prompt_map, ppath.parent, out, max_pixels=max_image_pixels)
-    elif fmt == "rlaifv":
-        ds = to_rlaifv_dataset(pairs, prompt_map, ppath.parent, out, max_pixels=max_image_pixels)
-    else:
-        raise UserError(f"unknown format {fmt!r}; expected trl or rlaifv")
-    console.print(f"wrote {len(ds)} pairs to {out}")
+    if fmt not in ("trl", "rlaifv", "hf"):
+        raise UserError(f"unknown --format {fmt!r}; expected trl, rlaifv or hf")
+    if push_to_hub and fmt != "hf":
+        raise UserError("--push-to-hub needs --format hf")
+    import datasets
 
+    datasets.disable_progress_bars()
+    try:
+        pair_list, prompt_map, base = export_inputs(run, pairs, prompts)
+        if fmt == "hf":
+            from .formats_hf import push_to_hub as push, to_hf
 
+            ds = to_hf(pair_list, prompt_map, base, out, run=run, max_pixels=max_image_pixels, run_pairs=pairs is None)["train"]
+        else:
+            from .formats import to_rlaifv_dataset, to_trl
 
+            write = to_trl if fmt == "trl" else to_rlaifv_dataset
+            ds = write(pair_list, prompt_map, base, out, max_pixels=max_image_pixels)
+        console.print(f"wrote {len(ds)} pairs to {out}")
+        if push_to_hub:
+            push(out, push_to_hub, private=private)
+            console.print(f"pushed {out} to the hub dataset {push_to_hub}")
+    except ExportError as e:
+        raise UserError(str(e)) from e
 
 
 def _quiet_libraries() -> None:
-    """Our rich progress bars are the output: silence transformers' per-load tqdm bars and the
-    deprecation notices the libraries raise about each other (not about our code)."""
+    """Our rich progress bars are the output: silence transformers' per-load tqdm bars (and the
+    hub's; transformers reads this variable when it is imported, so nothing is imported here:
+    `rlaifv --help` stays fast) and the deprecation notices the libraries raise about each other."""
     import warnings
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def main() -> None:
-    """Console-script entry point: user errors print one line and exit 2."""
-    _quiet_libraries()
-    from .config import ConfigError
-    from .images import ImageError
-    from .models.load import ModelLoadError
-    from .records import RecordError
-    from .runner import StageInputError
-    from .store import StoreError
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """The exception types a user can fix. Looked up in ``sys.modules`` when an error arrives: a
+    class whose module was never imported cannot have been raised, and importing them all up
+    front (``models.load`` imports torch) would make every command, ``--help`` included, slow."""
+    import sys
 
+    found: list[type[BaseException]] = [UserError, FileNotFoundError]
+    for module, name in (("rlaifv.config", "ConfigError"), ("rlaifv.images", "ImageError"), ("rlaifv.models.load", "ModelLoadError"),
+                         ("rlaifv.records", "RecordError"), ("rlaifv.runner", "StageInputError"), ("rlaifv.store", "StoreError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
+def main() -> None:
+    """Console-script entry point: user errors print one line and exit 2; ``--debug`` shows the
+    traceback instead. Errors that are not the user's (bugs) always show their traceback."""
+    _quiet_libraries()
     try:
         app()
-    except (UserError, ConfigError, ModelLoadError, RecordError, StageInputError, StoreError, FileNotFoundError, ImageError) as e:
-        print_error(e)
-        raise SystemExit(2) from e
-    except OSError as e:  # not a bad input (nothing was rejected for it): one line, exit 1, rerun to resume
-        print_error(OSError(f"{e} (an I/O error, not a bad input: nothing was rejected for it; rerun the same command to resume)"))
-        raise SystemExit(1) from e
+    except Exception as e:
+        if _DEBUG["on"]:
+            raise
+        if isinstance(e, _user_error_types()):
+            print_error(e)
+            raise SystemExit(2) from e
+        if isinstance(e, OSError):  # not a bad input (nothing was rejected for it): one line, exit 1, rerun to resume
+            print_error(OSError(f"{e} (an I/O error, not a bad input: nothing was rejected for it; rerun the same command to resume)"))
+            raise SystemExit(1) from e
+        raise
 
 
 def print_error(e: BaseException) -> None:
@@ -476,6 +555,8 @@ def print_error(e: BaseException) -> None:
 
 from . import cli_loop  # noqa: E402,F401  (registers train, iterate, best-of-n, demo on `app`)
 from . import cli_labeler  # noqa: E402,F401  (registers `sandbox finetune-labeler`)
+from . import cli_convert  # noqa: E402,F401  (registers `convert-gguf`)
+from . import cli_report  # noqa: E402,F401  (registers `report`)
 
 if __name__ == "__main__":  # `python -m rlaifv.cli`: run the package module, whose app has every command
     from rlaifv.cli import main as _main
