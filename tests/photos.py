@@ -30,3 +30,17 @@ def photo_prompts(folder: Path, n: int = 4) -> Path:
     path = folder / "prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def cli_ok(args: list[str]) -> str:
+    """Run ``rlaifv ARGS`` in-process (typer's CliRunner); its output, after asserting exit 0
+    (an exception inside the command is re-raised with its traceback)."""
+    from typer.testing import CliRunner
+
+    from rlaifv.cli import app
+
+    res = CliRunner().invoke(app, args)
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    assert res.exit_code == 0, res.output
+    return res.output

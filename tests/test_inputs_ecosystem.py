@@ -9,12 +9,13 @@ from pathlib import Path
 import datasets
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from rlaifv.images import load_image
 from rlaifv.inputs import source_kind
 from rlaifv.records import Candidate, Prompt, RecordError
 from rlaifv.store import read_inputs, read_records
+
+from photos import cli_ok
 
 QUESTION = "Describe the image in detail."
 
@@ -23,15 +24,6 @@ QUESTION = "Describe the image in detail."
 def _quiet():
     datasets.disable_progress_bars()
 
-
-def _cli(args: list[str]) -> str:
-    from rlaifv.cli import app
-
-    res = CliRunner().invoke(app, args)
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    assert res.exit_code == 0, res.output
-    return res.output
 
 
 def _photos(folder: Path, n: int = 3) -> list[Path]:
@@ -71,7 +63,7 @@ def test_datasets_parquet_with_an_image_column_goes_through_sample(tmp_path, tin
         assert [p.prompt_id for p in prompts] == ids and all(p.question == QUESTION for p in prompts), name
         assert [_pixels(p, tmp_path) for p in prompts] == expected, name
     assert prompts[0].metadata == {"source": "coco"}  # unused columns are kept
-    out = _cli(["sample", "--prompts", str(tmp_path / "paths.parquet"), "--model", str(tiny_sandbox_model), "--n", "2",
+    out = cli_ok(["sample", "--prompts", str(tmp_path / "paths.parquet"), "--model", str(tiny_sandbox_model), "--n", "2",
                 "--max-new-tokens", "4", "--out", str(tmp_path / "cands")])
     assert "6 candidates" in out
     assert {c.prompt_id for c in read_records(tmp_path / "cands", Candidate)} == {"0", "1", "2"}
@@ -130,7 +122,7 @@ def test_feedback_on_an_image_folder_with_a_default_question(tmp_path, tiny_sand
     """The README's "your own data" path: a folder of photos, one question, the run keeps its own copy."""
     _photos(tmp_path / "photos", 2)
     m = str(tiny_sandbox_model)
-    _cli(["feedback", "--prompts", str(tmp_path / "photos"), "--question", QUESTION, "--policy", m, "--labeler", m, "--n", "2",
+    cli_ok(["feedback", "--prompts", str(tmp_path / "photos"), "--question", QUESTION, "--policy", m, "--labeler", m, "--n", "2",
           "--max-new-tokens", "6", "--out", str(tmp_path / "run")])
     copy = list(read_records(tmp_path / "run" / "prompts" / "prompts.jsonl", Prompt))
     assert [p.prompt_id for p in copy] == ["p0.png", "p1.png"] and all(p.image.startswith("images/") for p in copy)

@@ -10,24 +10,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from rlaifv.models.load import ADAPTER_BASE_RECORD, ModelLoadError, adapter_base
 from rlaifv.records import Candidate, PreferencePair, Prompt
 from rlaifv.stages.bestofn import BestOfNResult
 from rlaifv.store import RecordStore, read_records
 
+from photos import cli_ok
+
 QUESTION = "Describe the image in detail."
-
-
-def _cli(args: list[str]) -> str:
-    from rlaifv.cli import app
-
-    res = CliRunner().invoke(app, args)
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    assert res.exit_code == 0, res.output
-    return res.output
 
 
 def _project(root: Path, model: Path) -> None:
@@ -71,7 +62,7 @@ def test_a_moved_run_folder_exports_trains_and_runs_best_of_n(tiny_sandbox_model
     monkeypatch.chdir(home)
     feedback = ["feedback", "--prompts", "prompts.jsonl", "--policy", "models/base", "--labeler", "models/base", "--n", "2",
                 "--max-new-tokens", "8", "--out", "runs/fb"]
-    _cli(feedback)
+    cli_ok(feedback)
     copy = home / "runs" / "fb" / "prompts" / "prompts.jsonl"
     prompts = list(read_records(copy, Prompt))
     for i, p in enumerate(prompts):  # image references relative to the copy; the bytes are the user's file's
@@ -79,10 +70,10 @@ def test_a_moved_run_folder_exports_trains_and_runs_best_of_n(tiny_sandbox_model
         assert (copy.parent / p.image).read_bytes() == (home / "photos" / f"p{i}.png").read_bytes()
         assert p.metadata["source_image"] == f"photos/p{i}.png"  # as the user's file named it
     before, copy_mtime = _mtimes(home / "runs" / "fb"), copy.stat().st_mtime_ns
-    _cli(feedback)  # the same command again: it resumes (nothing redone, the copy untouched)
+    cli_ok(feedback)  # the same command again: it resumes (nothing redone, the copy untouched)
     assert _mtimes(home / "runs" / "fb") == before and copy.stat().st_mtime_ns == copy_mtime
     n_pairs = _hand_pairs(home / "runs" / "fb")
-    _cli(["train", "--pairs", "runs/fb/pairs", "--prompts", "runs/fb/prompts/prompts.jsonl", "--model", "models/base",
+    cli_ok(["train", "--pairs", "runs/fb/pairs", "--prompts", "runs/fb/prompts/prompts.jsonl", "--model", "models/base",
           "--out", "runs/dpo", "--config", "train.yaml"])
     (adapter,) = sorted((home / "runs" / "dpo" / "checkpoints").glob("step-*"))
     record = json.loads((adapter / ADAPTER_BASE_RECORD).read_text())
@@ -100,15 +91,15 @@ def test_a_moved_run_folder_exports_trains_and_runs_best_of_n(tiny_sandbox_model
     other_cwd.mkdir()
     monkeypatch.chdir(other_cwd)
     run = moved / "runs" / "fb"
-    assert f"wrote {n_pairs} pairs" in _cli(["export", "--run", str(run), "--format", "trl", "--out", str(moved / "trl")])
-    assert f"wrote {n_pairs} pairs" in _cli(["export", "--run", str(run), "--format", "hf", "--out", str(moved / "hf")])
+    assert f"wrote {n_pairs} pairs" in cli_ok(["export", "--run", str(run), "--format", "trl", "--out", str(moved / "trl")])
+    assert f"wrote {n_pairs} pairs" in cli_ok(["export", "--run", str(run), "--format", "hf", "--out", str(moved / "hf")])
     # the same training command from the moved folder: resumes (finished), its images found in the run's copy
-    out = _cli(["train", "--pairs", str(run / "pairs"), "--prompts", str(run / "prompts" / "prompts.jsonl"), "--model",
+    out = cli_ok(["train", "--pairs", str(run / "pairs"), "--prompts", str(run / "prompts" / "prompts.jsonl"), "--model",
                 str(moved / "models" / "base"), "--out", str(moved / "runs" / "dpo"), "--config", str(moved / "train.yaml")])
     assert "different run" not in out
     moved_adapter = moved / "runs" / "dpo" / "checkpoints" / adapter.name
     assert adapter_base(moved_adapter) == moved_adapter / "../../../../models/base"  # the absolute path is gone: relative wins
-    _cli(["best-of-n", "--prompts", str(run / "prompts" / "prompts.jsonl"), "--policy", str(moved_adapter), "--n", "2",
+    cli_ok(["best-of-n", "--prompts", str(run / "prompts" / "prompts.jsonl"), "--policy", str(moved_adapter), "--n", "2",
           "--max-new-tokens", "6", "--out", str(moved / "bon")])
     results = list(read_records(moved / "bon" / "results", BestOfNResult))
     assert len(results) == 3 and all(r.models["reference"] == f"{moved_adapter} (adapter off)" for r in results)
