@@ -99,21 +99,30 @@ def records_of(folder: Path, kind) -> list:
     return out
 
 
+def jsonl_rows(path: Path, partial_tail_ok: bool = False) -> list[tuple[int, Any]]:
+    """(line number, parsed value) of each non-empty line of a JSONL file; ReportError naming the
+    line for one that is not JSON, except the last line of a ``.partial`` shard when
+    ``partial_tail_ok`` (a write cut short by a kill: the next run cuts it away)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            if partial_tail_ok and path.name.endswith(".partial") and n == len(lines):
+                continue
+            raise ReportError(f"{path}:{n}: not JSON ({e})") from e
+    return out
+
+
 def read_rejects(folder: Path) -> list[dict[str, Any]]:
     """The entries of a stage folder's rejects.jsonl ({id, source, reason, stage})."""
     path = folder / REJECTS_NAME
     if not path.exists():
         return []
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ReportError(f"{path}:{n}: not JSON ({e})") from e
-        out.append(row if isinstance(row, dict) else {"id": None, "reason": str(row)})
-    return out
+    return [row if isinstance(row, dict) else {"id": None, "reason": str(row)} for _, row in jsonl_rows(path)]
 
 
 # ----------------------------------------------------------------------------- the prompts

@@ -7,12 +7,11 @@ needs none of it); a row missing a field the page needs is a ReportError naming 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..store import _list_shards
-from .collect import ReportError, RunView, read_prompts, read_rejects, reason_counts
+from .collect import ReportError, RunView, jsonl_rows, read_prompts, read_rejects, reason_counts
 from .runs import collect_feedback, iteration_dirs, read_json
 
 #: report.json columns drawn as curves (key, label)
@@ -87,15 +86,7 @@ def _result_rows(folder: Path) -> list[dict[str, Any]]:
     """The best-of-n result records of ``run/results`` as plain rows, in write order."""
     rows = []
     for _, _, path in _list_shards(folder):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                if path.name.endswith(".partial") and n == len(path.read_text().splitlines()):
-                    continue  # a write cut short by a kill: the next run cuts it away
-                raise ReportError(f"{path}:{n}: not JSON ({e})") from e
+        for n, row in jsonl_rows(path, partial_tail_ok=True):
             for key in ("prompt_id", "scorer", "chosen_index", "candidates"):
                 if key not in row:
                     raise ReportError(f"{path}:{n}: a best-of-n record without {key!r}")
