@@ -90,8 +90,8 @@ def test_fresh_interpreter_stages_load_no_sandbox_and_say_how_to_get_it():
     assert {"conquer", "extensions", "feedback", "iterate", "select", "bestofn"} <= set(out["modules"])
     assert out["sandbox"] == []
     assert out["modes"] == ["direct"]
-    assert "not registered" in out["mode"] and "import rlaifv.sandbox.standins" in out["mode"]
-    assert "import rlaifv.sandbox.loop" in out["source"] and "import rlaifv.sandbox.loop" in out["evaluator"]
+    assert "not registered" in out["mode"] and "register_conquer_mode" in out["mode"] and "describe_then_match" in out["mode"]
+    assert "register_prompt_source" in out["source"] and "register_evaluator" in out["evaluator"]
     assert out["after"] == ["describe_then_answer", "describe_then_match", "direct"]
 
 

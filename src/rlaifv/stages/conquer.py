@@ -69,9 +69,9 @@ def register_conquer_mode(mode: ConquerMode) -> None:
 def conquer_mode(name: str) -> ConquerMode:
     """The registered mode ``name``; ConfigError listing the registered ones otherwise."""
     if name not in CONQUER_MODES:
-        raise ConfigError(f"conquer mode {name!r} is not registered (registered: {', '.join(sorted(CONQUER_MODES))}); the "
-                          "sandbox-only stand-ins describe_then_answer / describe_then_match register on "
-                          "`import rlaifv.sandbox.standins` (the rlaifv CLI does this)")
+        raise ConfigError(f"conquer mode {name!r} is not registered (registered: {', '.join(sorted(CONQUER_MODES))}); a module "
+                          "registers one on import with register_conquer_mode (the rlaifv CLI loads the sandbox-only "
+                          "stand-ins describe_then_answer / describe_then_match)")
     return CONQUER_MODES[name]
 
 

@@ -48,7 +48,7 @@ class Evaluator:
 _PROMPT_SOURCES: dict[str, PromptSource] = {}
 _EVALUATORS: dict[str, Evaluator] = {}
 
-_HOW = "`import rlaifv.sandbox.loop` registers the sandbox's (the rlaifv CLI does this)"
+_HOW = "a module registers one on import with register_prompt_source / register_evaluator (the rlaifv CLI loads the sandbox's)"
 
 
 def register_prompt_source(name: str, source: PromptSource) -> None:
