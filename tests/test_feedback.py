@@ -67,6 +67,10 @@ def test_feedback_python_api(tiny_sandbox_model, tmp_path):
         assert (run / stage / "manifest.json").exists()
     prompts = list(read_records(run / "prompts" / "prompts.jsonl", Prompt))
     assert all("scene" in p.metadata for p in prompts)  # ground truth kept with the record
+    # truncation is counted in the summary, and warned about when half or more of the answers are cut
+    n_cut = sum(1 for c in cands if c.decoding.get("truncated"))
+    assert summary["counts"]["truncated"] == n_cut
+    assert any("truncated" in w for w in summary["warnings"]) == (n_cut * 2 >= len(cands))
 
 
 def test_feedback_killed_and_resumed_equals_uninterrupted(tiny_sandbox_model, tmp_path, rlaifv_bin):

@@ -206,7 +206,7 @@ def feedback_cmd(
     _print_resume(summary.get("rejects_carried", {}), summary.get("redone", {}))
     _print_rejected(summary.get("rejected", {}), cfg.out, cfg.on_error)
     for note in summary.get("warnings", []):
-        if "rejected" in note:
+        if "rejected" in note or "truncated" in note:
             console.print(f"[bold red]warning:[/] {note}")
     if st.get("diagnosis"):
         console.print(f"[bold red]0 pairs:[/] {st['diagnosis']}")

@@ -423,7 +423,8 @@ def feedback(cfg: FeedbackConfig, resume: ResumeOptions | None = None) -> dict:
     _note_resume(summary, "conquer", run_conquer(cfg.conquer, prompts, ppath, questions, out / "scores", cfg.on_error, resume=resume))
     summary["stages"]["conquer"] = round(time.time() - t, 2)
     scores = read_store(out / "scores", ClaimScore)
-    summary["counts"] = {"prompts": len(prompts), "candidates": len(candidates), "claims": len(claims), "questions": len(questions), "scores": len(scores)}
+    summary["counts"] = {"prompts": len(prompts), "candidates": len(candidates), "truncated": _truncated(candidates),
+                         "claims": len(claims), "questions": len(questions), "scores": len(scores)}
     summary["conquer"] = conquer_mass(cfg.conquer, out / "scores", scores)
     if rank != 0:
         return summary
@@ -456,6 +457,11 @@ def _holistic(cfg: FeedbackConfig, prompts: list[Prompt], ppath: Path, candidate
     return summary
 
 
+def _truncated(candidates: list[Candidate]) -> int:
+    """Candidates that hit ``max_new_tokens`` before a stop token (``decoding.truncated``, sample stage)."""
+    return sum(1 for c in candidates if c.decoding.get("truncated"))
+
+
 def _note_resume(summary: dict, stage: str, res) -> None:
     """Record per stage how many earlier rejects this run carried over and which changed inputs it redid."""
     summary.setdefault("rejects_carried", {})[stage] = res.n_rejects_carried if res is not None else 0
@@ -476,6 +482,11 @@ def _finish_summary(out: Path, summary: dict) -> None:
     if n_rej and n_rej >= n_kept:
         notes.append(f"{n_rej} prompts rejected, {n_kept} read: half or more of the input is bad "
                      f"(see {out / STAGE_FOLDERS['sample'] / REJECTS_NAME})")
+        warnings.warn(f"feedback ({out}): {notes[-1]}", stacklevel=3)
+    n_cut, n_cand = summary.get("counts", {}).get("truncated", 0), summary.get("counts", {}).get("candidates", 0)
+    if n_cand and n_cut * 2 >= n_cand:
+        notes.append(f"{n_cut} of {n_cand} candidates hit sample.max_new_tokens before a stop token (truncated): "
+                     "raise --max-new-tokens, or their unfinished last sentences become claims")
         warnings.warn(f"feedback ({out}): {notes[-1]}", stacklevel=3)
     notes += [line for st in ("divide", "ask") for line in summary_lines(summary.get(st), problems_only=True)]  # 0 claims, fallbacks
     summary["warnings"] = notes
