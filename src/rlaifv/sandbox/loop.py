@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..stages.extensions import Evaluator, register_evaluator, register_prompt_source
+from ..stages.iterate import SANDBOX_LABELER, SANDBOX_POLICY
 from . import standins  # noqa: F401  (registers the stand-in conquer modes)
 from .prompts import write_sandbox_prompts
-
-SANDBOX_POLICY, SANDBOX_LABELER = "sandbox:policy", "sandbox:labeler"
 
 
 def sandbox_metrics(model_path: str, n_scenes: int, seed: int, options: Any = None,
