@@ -9,8 +9,8 @@ from .report import write_json
 
 #: (row key, column title) of the per-iteration table, in order.
 COLUMNS = (("iteration", "iteration"), ("chair_s", "CHAIR_s"), ("chair_i", "CHAIR_i"), ("recall", "recall"),
-           ("pope_f1", "POPE F1"), ("avg_length", "avg len (words)"), ("pairs", "pairs"), ("seconds", "wall s"),
-           ("selected", "next policy"))
+           ("pope_f1", "POPE F1"), ("attr_err", "attr. err"), ("avg_length", "avg len (words)"), ("pairs", "pairs"),
+           ("seconds", "wall s"), ("selected", "next policy"))
 #: iterate's labeler-judged selection numbers (on a user's prompts: no sandbox metrics), shown when a row has them
 LABELER_COLUMNS = (("hallucination_rate", "halluc. rate (labeler)"), ("claims_per_answer", "claims/answer"))
 
@@ -77,7 +77,8 @@ def write_report(rows: Sequence[dict[str, Any]], out: Path) -> dict[str, Path]:
     return paths
 
 
-def summarize(runs: Sequence[Path], keys: Sequence[str] = ("chair_s", "chair_i", "recall", "pope_f1", "avg_length", "pairs", "seconds")) -> list[dict[str, Any]]:
+def summarize(runs: Sequence[Path], keys: Sequence[str] = ("chair_s", "chair_i", "recall", "pope_f1", "attr_err", "avg_length", "pairs",
+                                                           "seconds")) -> list[dict[str, Any]]:
     """Mean and sample standard deviation over several runs' ``report.json``, per iteration.
 
     Rows: ``{"iteration": i, "runs": n, "<key>": mean, "<key>_std": std}`` for iterations that

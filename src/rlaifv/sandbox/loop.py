@@ -52,7 +52,8 @@ def sandbox_report(model_path: str, n_scenes: int, pope: bool, options: Any = No
     ev = SandboxEvalConfig(n_scenes=n_scenes, split="test", pope=pope, claims=False, greedy=False)
     res = evaluate_sandbox(model, processor, ev, progress=progress)
     s = res["describe"]["sampled"]
-    row = {"chair_s": s["chair_s"], "chair_i": s["chair_i"], "recall": s["recall"], "avg_length": s["avg_length"]}
+    row = {"chair_s": s["chair_s"], "chair_i": s["chair_i"], "recall": s["recall"], "avg_length": s["avg_length"],
+           "attr_err": s["attr_error_rate"]}  # wrong attributes: false claims CHAIR_i does not count
     if "pope" in res:
         row["pope_f1"] = sum(v["f1"] for v in res["pope"].values()) / len(res["pope"])
     return row
