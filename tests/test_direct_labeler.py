@@ -4,6 +4,7 @@ decision position is the last prompt token that conquer reads."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -142,3 +143,35 @@ def test_saved_folder_is_a_plain_vlm_without_heads(tiny, tmp_path):
     batch = collate(rproc, [render(s, 48) for s in scenes], [claim_question(s.objects[0]) for s in scenes], padding_side="left")
     with torch.no_grad():
         assert torch.allclose(trained.eval()(**batch).logits, reloaded(**batch).logits, atol=1e-5)
+
+
+def test_snapshots_equal_a_run_stopped_there_and_keep_the_full_schedule(tiny_sandbox_model, tmp_path):
+    """--save-at / --stop-after: the snapshot after step 1 of a 3-step schedule is the model after
+    step 1 (same weights as a run stopped there), and stopping writes no final model."""
+    from safetensors.torch import load_file
+
+    cfg = _tiny_cfg(steps=3)
+    m1, p1 = load_vlm(tiny_sandbox_model)
+    finetune(cfg, tmp_path / "full", model=m1, processor=p1, save_at=[1, 2])
+    m2, p2 = load_vlm(tiny_sandbox_model)
+    _, _, log = finetune(cfg, tmp_path / "stopped", model=m2, processor=p2, save_at=[1], stop_after=1)
+    assert log["steps_done"] == 1
+    assert sorted(p.name for p in (tmp_path / "full").glob("step-*")) == ["step-00001", "step-00002"]
+    assert (tmp_path / "full" / "model.safetensors").exists() and not (tmp_path / "stopped" / "model.safetensors").exists()
+    a = load_file(str(tmp_path / "full" / "step-00001" / "model.safetensors"))
+    b = load_file(str(tmp_path / "stopped" / "step-00001" / "model.safetensors"))
+    c = load_file(str(tmp_path / "full" / "step-00002" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # step 2 trained further
+    assert json.loads((tmp_path / "full" / "step-00001" / "rlaifv_finetune.json").read_text())["steps_done"] == 1
+
+
+def test_finetune_cli_rejects_bad_snapshot_steps(tmp_path):
+    """One error line as a user sees it (the real console script), nothing trained."""
+    import subprocess
+
+    for arg, want in (("5,abc", "expected comma-separated step numbers"), ("99999", "steps must lie in 1..3400")):
+        r = subprocess.run(["rlaifv", "sandbox", "finetune-labeler", "--out", str(tmp_path / "x"), "--save-at", arg],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and want in r.stderr + r.stdout and "Traceback" not in r.stderr
+        assert not (tmp_path / "x").exists()

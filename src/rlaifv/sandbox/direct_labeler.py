@@ -32,7 +32,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -397,12 +397,20 @@ def _json_mean(history: list[dict], key: str) -> float | None:
     return None if math.isnan(v) else round(v, 4)
 
 
-def finetune(cfg: DirectLabelerConfig, out: Path | None = None, progress=None, on_log=None, model=None, processor=None):
+def finetune(cfg: DirectLabelerConfig, out: Path | None = None, progress=None, on_log=None, model=None, processor=None,
+             save_at: Sequence[int] = (), stop_after: int | None = None):
     """Run the recipe; save a plain VLM folder + ``rlaifv_finetune.json`` to ``out``. Returns (model, processor, log).
 
     ``progress(done, total, msg)`` drives a bar; ``on_log(step, probe_result)`` sees the fixed
-    val probe set every ``log_every`` steps (and before the first step).
+    val probe set every ``log_every`` steps (and before the first step). ``save_at``: also save
+    snapshots ``out/step-NNNNN`` after those steps (labelers of increasing quality from one run,
+    for the labeler-quality curve); ``stop_after``: end the run there (the schedule stays that of
+    ``cfg.steps``, so the snapshots are those of the full run); then ``out`` holds only snapshots.
+    Neither changes the recipe, so neither is part of ``cfg``.
     """
+    if save_at and out is None:
+        raise ValueError("save_at needs an output folder")
+    last = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
     model, processor, heads, params, opt, sched = setup(cfg, model, processor)
     rng, world = random.Random(cfg.seed), World(cfg.world)
     items, images = fixed_probe_set(cfg)
@@ -417,21 +425,34 @@ def finetune(cfg: DirectLabelerConfig, out: Path | None = None, progress=None, o
 
     t0 = time.time()
     log_probe(0)
-    for step in range(cfg.steps):
+    for step in range(last):
         history.append(train_step(model, processor, heads, params, opt, sched, world, rng, cfg, step))
         if progress is not None:
-            progress(step + 1, cfg.steps, f"lm {_running(history, 'lm'):.3f} aux {_running(history, 'aux'):.3f} "
+            progress(step + 1, last, f"lm {_running(history, 'lm'):.3f} aux {_running(history, 'aux'):.3f} "
                      f"first-token acc {_running(history, 'first_token_acc'):.2f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             log_probe(step + 1)
+        if step + 1 in save_at:
+            _snapshot(model, processor, Path(out) / f"step-{step + 1:05d}", cfg, curve, history, t0)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    log = {"config": cfg.to_dict(), "train_seconds": round(time.time() - t0, 1), "curve": curve,
-           "final_head_accuracy": {k: _json_mean(history, k) for k in {**CELL_HEADS, **MATCH_HEADS}}}
-    if out is not None:
+    log = _log(cfg, curve, history, t0)
+    if out is not None and last == cfg.steps:
         save(model, processor, Path(out), cfg, log)
     return model, processor, log
+
+
+def _log(cfg: DirectLabelerConfig, curve: list[dict], history: list[dict], t0: float) -> dict:
+    return {"config": cfg.to_dict(), "train_seconds": round(time.time() - t0, 1), "curve": list(curve), "steps_done": len(history),
+            "final_head_accuracy": {k: _json_mean(history, k) for k in {**CELL_HEADS, **MATCH_HEADS}}}
+
+
+def _snapshot(model, processor, out: Path, cfg: DirectLabelerConfig, curve: list[dict], history: list[dict], t0: float) -> None:
+    """A mid-run copy as a plain VLM folder (eval mode while saving, then back to training)."""
+    model.eval()
+    save(model, processor, out, cfg, _log(cfg, curve, history, t0))
+    model.train()
 
 
 def save(model, processor, out: Path, cfg: DirectLabelerConfig, log: dict) -> None:
