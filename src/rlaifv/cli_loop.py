@@ -29,6 +29,12 @@ def train_cmd(
     batch_size: Optional[int] = typer.Option(None, help="Pairs per optimizer step (all processes)."),
     seed: Optional[int] = typer.Option(None, help="Seed (data order, LoRA init)."),
     on_error: Optional[str] = typer.Option(None, help="raise | skip (bad pairs go to rejects.jsonl)."),
+    mixed_precision: Optional[str] = typer.Option(None, help="no (default) | bf16 | fp16: forward under autocast (bf16 also on the CPU)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward (less memory)."),
+    max_steps: Optional[int] = typer.Option(None, help="Exactly this many optimizer steps (overrides --epochs)."),
+    save_total_limit: Optional[int] = typer.Option(None, help="Keep only the last N step-N/ checkpoints (default: all)."),
+    report_to: Optional[str] = typer.Option(None, help="none (default) | tensorboard | wandb | all (accelerate trackers)."),
+    logging_dir: Optional[str] = typer.Option(None, help="Tracker folder (default: <out>/logs)."),
     load: ModelFlags = None,  # the model-loading flags (cli_options.model_options)
 ) -> None:
     """DPO on preference pairs with cached reference log-probs; rerun the same command to resume."""
@@ -37,7 +43,9 @@ def train_cmd(
 
     over = {"pairs": pairs, "prompts": prompts, "model": model, "ref_model": ref_model, "out": out, "finetune": finetune,
             "beta": beta, "nll_weight": nll_weight, "lr": lr, "epochs": epochs, "batch_size": batch_size, "seed": seed,
-            "on_error": on_error, **load.model}
+            "on_error": on_error, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
+            "max_steps": max_steps, "save_total_limit": save_total_limit, "report_to": report_to, "logging_dir": logging_dir,
+            **load.model}
     cfg = load_config(DPOConfig, config, over)
     summary = train_dpo(cfg)
     last = summary.get("last", {})

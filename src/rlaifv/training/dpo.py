@@ -11,7 +11,11 @@
   last checkpoint; rerunning the same command continues from there mid-epoch (the data order is
   a function of (seed, epoch), so the remaining batches are the same ones).
 * Several processes (``accelerate launch``): data parallel; each optimizer step's batch is split
-  across processes, gradients are averaged by DDP, rank 0 writes.
+  across processes, gradients are averaged by DDP, rank 0 writes. DeepSpeed ZeRO-2/3 and FSDP
+  through the accelerate config files in ``configs/accelerate/`` (checkpoints gathered whole).
+* Scale (``scale.py``): mixed precision, gradient checkpointing, QLoRA preparation, ``max_steps``,
+  ``save_total_limit``, TensorBoard / W&B through accelerate's trackers. Why this loop and not
+  TRL's ``DPOTrainer``: measured in BENCHMARKS.md ("DPO trainer choice") and ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ from .data import TrainExample, epoch_batches, load_pairs, prepare_examples, tra
 from .losses import dpo_loss, sequence_logps
 from .model_setup import save_model, setup_trainable, trainable_state
 from .refcache import cached_reference_logps
+from .scale import (MIXED_PRECISION_CHOICES, REPORT_TO_CHOICES, configure_deepspeed, enable_gradient_checkpointing, gathered_state, is_sharded,
+                    load_resume_sharded, make_accelerator, prepare_quantized, protected_checkpoints, prune_checkpoints,
+                    save_from_state, save_resume_sharded, start_trackers, whole_model_loading)
 
 
 class TrainingError(RuntimeError):
@@ -83,16 +90,29 @@ class DPOConfig(LoadOptions):
     seed: int = 0
     on_error: str = "raise"  # raise | skip (bad pairs go to <out>/rejects.jsonl)
     progress: bool = True
+    # scale (training/scale.py; accelerate config files for DDP / ZeRO / FSDP: configs/accelerate/)
+    mixed_precision: str | bool = "no"  # no | bf16 | fp16: forward under autocast (Accelerator(mixed_precision)); bf16 also on the CPU, fp16 needs a GPU (YAML's unquoted no = false = no)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute, same gradients
+    max_steps: int = 0  # > 0: exactly this many optimizer steps (overrides epochs; schedule and save points follow)
+    save_total_limit: int | None = None  # keep only the last N step-N/ checkpoints (never one an iteration selected); None: all. rlaifv iterate selects among the kept ones
+    report_to: str = "none"  # none | tensorboard | wandb | all: accelerate's trackers, one log per optimizer step
+    logging_dir: str = ""  # where the trackers write; empty: <out>/logs
 
     def __post_init__(self) -> None:
         """Settings checked before any work (a bad one used to surface after the reference pass)."""
         super().__post_init__()
         check_choice("on_error", self.on_error, ON_ERROR_CHOICES)
         check_choice("finetune", self.finetune, ("lora", "full"))
+        if self.mixed_precision is False:  # YAML 1.1 reads an unquoted `no` as false
+            self.mixed_precision = "no"
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
+        check_choice("report_to", self.report_to, REPORT_TO_CHOICES)
         if self.quantized and self.finetune == "full":
             raise ConfigError("train: 4/8-bit weights (--load-in-4bit / --load-in-8bit) cannot be fully fine-tuned; use --finetune lora")
         check_positive(self, "train", ("batch_size", "grad_accum", "checkpoints_per_epoch", "ref_batch_size", "lora_r"))
-        check_positive(self, "train", ("max_length",), 0)
+        check_positive(self, "train", ("max_length", "max_steps"), 0)
+        if self.save_total_limit is not None:
+            check_positive(self, "train", ("save_total_limit",))
         for name in ("lr", "epochs", "beta"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
@@ -172,6 +192,8 @@ def _load_resume(folder: Path, model, opt, sched) -> int:
     if not state_file.exists():
         return 0
     state = json.loads(state_file.read_text())
+    if state.get("sharded"):
+        raise ConfigError(f"{folder}: resume state written under DeepSpeed/FSDP; continue it with the same accelerate config")
     weights = torch.load(folder / "trainable.pt", weights_only=True)
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
@@ -184,6 +206,12 @@ def _load_resume(folder: Path, model, opt, sched) -> int:
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
     return int(state["step"])
+
+
+def _resume_step(folder: Path) -> int:
+    """The step a resume state points past (0: none), without loading it."""
+    state_file = folder / "state.json"
+    return int(json.loads(state_file.read_text())["step"]) if state_file.exists() else 0
 
 
 def _recover_resume(folder: Path) -> None:
@@ -236,18 +264,33 @@ def _save_resume(folder: Path, step: int, model, opt, sched) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _checkpoint(out: Path, step: int, spe: int, model, processor, opt, sched, cfg: DPOConfig, log: dict) -> Path:
-    """Write ``out/checkpoints/step-N`` (atomically), then the resume state pointing past it."""
+def _checkpoint(acc, out: Path, step: int, spe: int, model, processor, opt, sched, cfg: DPOConfig, log: dict) -> None:
+    """Every process: write ``out/checkpoints/step-N`` (atomically, main process), then the resume
+    state pointing past it, then (``save_total_limit``) delete older checkpoints.
+
+    Sharded (DeepSpeed / FSDP): the weights are gathered by every process first and the resume
+    state is accelerate's ``save_state`` (``scale.py``).
+    """
+    state = gathered_state(acc, model)  # a collective under DeepSpeed / FSDP: every process calls it
     final = out / "checkpoints" / f"step-{step:06d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, processor, tmp, cfg.merge_lora, base=cfg.model)
-    info = {"step": step, "epoch": round(step / spe, 4), "train": log, "base_model": cfg.model, "finetune": cfg.finetune}
-    (tmp / "checkpoint.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _save_resume(out / "resume", step, model, opt, sched)
-    return final
+    if acc.is_main_process:
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if state is None:
+            save_model(acc.unwrap_model(model), processor, tmp, cfg.merge_lora, base=cfg.model)
+        else:
+            save_from_state(acc.unwrap_model(model), processor, tmp, state, cfg)
+        info = {"step": step, "epoch": round(step / spe, 4), "train": log, "base_model": cfg.model, "finetune": cfg.finetune}
+        (tmp / "checkpoint.json").write_text(json.dumps(info, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    if is_sharded(acc):
+        save_resume_sharded(acc, out / "resume", step, sched)
+    elif acc.is_main_process:
+        _save_resume(out / "resume", step, acc.unwrap_model(model), opt, sched)
+    if acc.is_main_process:  # the new checkpoint and the state past it are complete: older ones may go
+        prune_checkpoints(list_checkpoints(out), cfg.save_total_limit, protected_checkpoints(out))
+    barrier()
 
 
 def _trim_log(path: Path, step: int) -> None:
@@ -301,8 +344,9 @@ def _rank_fingerprints(out: Path, model, rank: int, world: int) -> list[str]:
     return prints
 
 
-def _prepare(cfg: DPOConfig, device: str, rank: int, out: Path):
+def _prepare(cfg: DPOConfig, acc, out: Path):
     """Validated examples, cached reference log-probs, and the model set up for training."""
+    device, rank = str(acc.device), acc.process_index
     if cfg.finetune not in ("full", "lora"):
         raise ConfigError(f"finetune must be 'full' or 'lora', got {cfg.finetune!r}")
     if not cfg.pairs or not cfg.prompts:
@@ -315,7 +359,12 @@ def _prepare(cfg: DPOConfig, device: str, rank: int, out: Path):
     model, processor = load_vlm(cfg.model, options=cfg if cfg.placed_by_map else replace(LoadOptions.of(cfg), device=device))
     examples = prepare_examples(pairs, prompts, base, processor, train_max_length(model, cfg.max_length), cfg.on_error,
                                 out if rank == 0 else None, cfg.max_image_pixels)
-    ref = _reference(cfg, [e.pair for e in examples], prompts, base, rank, out)
+    with whole_model_loading(acc):  # rank 0 alone loads the reference: never a partitioned (ZeRO-3) load
+        ref = _reference(cfg, [e.pair for e in examples], prompts, base, rank, out)
+    if cfg.quantized:  # QLoRA
+        model = prepare_quantized(model, cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model, lora=cfg.finetune == "lora")
     model = setup_trainable(model, cfg.finetune, cfg.freeze_vision, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     return model, processor, examples, ref
 
@@ -329,36 +378,42 @@ def train_dpo(cfg: DPOConfig, stop_after_step: int | None = None) -> dict[str, A
     """
     if not cfg.model:  # no silent default: the shipped sandbox policy is not anyone's model
         raise ConfigError("train: give --model (or model in the config): the starting policy")
-    from accelerate import Accelerator
-
-    acc = Accelerator(cpu=cfg.device == "cpu" and not cfg.placed_by_map)  # a device map places the model itself
-    rank, world = acc.process_index, acc.num_processes
     out = Path(cfg.out)
+    acc = make_accelerator(cfg, out)  # a device map places the model itself
+    rank, world = acc.process_index, acc.num_processes
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         _recover_resume(out / "resume")
-    model, processor, examples, ref = _prepare(cfg, str(acc.device), rank, out)
+    model, processor, examples, ref = _prepare(cfg, acc, out)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     min_size = world * cfg.grad_accum
     spe = len(epoch_batches(len(examples), cfg.batch_size, 0, cfg.seed, min_size))
     if spe == 0:
         raise ConfigError(f"{len(examples)} pairs make no batch of >= {min_size} (processes x grad_accum)")
-    total = max(1, math.ceil(cfg.epochs * spe))
+    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * spe))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, cfg.warmup_ratio))
-    start = _load_resume(out / "resume", model, opt, sched)
+    sharded = is_sharded(acc)
+    start = _resume_step(out / "resume") if sharded else _load_resume(out / "resume", model, opt, sched)
     done_file = out / "train.json"
     if start >= total and _read_summary(done_file).get("finished"):
         return _read_summary(done_file)  # finished before: nothing to do
     if rank == 0:
         _trim_log(out / "log.jsonl", start)
+    configure_deepspeed(acc, cfg)
     model, opt = acc.prepare(model, opt)
+    if sharded:  # the sharded optimizer state exists only after prepare
+        start = load_resume_sharded(acc, out / "resume", sched)
     model.train()
+    start_trackers(acc, cfg)
     t0 = time.time()
     end = min(total, stop_after_step) if stop_after_step is not None else total
     last = _loop(cfg, acc, model, processor, opt, sched, examples, ref, (start, end, total, spe), out)
     last = last or _last_logged(out / "log.jsonl", start)  # killed after its last checkpoint: no step left to run
-    fingerprints = _rank_fingerprints(out, acc.unwrap_model(model), rank, world)
+    for tracker in acc.trackers:  # flush and close (not acc.end_training(): it ends the process group, which iterate reuses)
+        tracker.finish()
+    # sharded weights differ per process by design; the gathered checkpoint is the one copy
+    fingerprints = [] if sharded else _rank_fingerprints(out, acc.unwrap_model(model), rank, world)
     summary = {"finished": end >= total, "pairs": len(examples), "steps": total, "steps_per_epoch": spe, "resumed_from": start,
                "seconds": round(time.time() - t0, 2), "checkpoints": [str(p) for p in list_checkpoints(out)], "last": last,
                "rank_weight_fingerprints": fingerprints, "rejected": rejects_count(out)}
@@ -397,11 +452,10 @@ def _loop(cfg: DPOConfig, acc, model, processor, opt, sched, examples: list[Trai
                 if log_file:
                     log_file.write(json.dumps(last) + "\n")
                     log_file.flush()
+                acc.log({f"train/{k}": v for k, v in last.items() if k != "step"}, step=step + 1)
                 prog(step + 1, total, f"loss {last['loss']:.4f} acc {last['acc']:.2f}")
                 if step + 1 in saves:
-                    if rank == 0:
-                        _checkpoint(out, step + 1, spe, acc.unwrap_model(model), processor, opt, sched, cfg, last)
-                    barrier()
+                    _checkpoint(acc, out, step + 1, spe, model, processor, opt, sched, cfg, last)
     finally:
         if log_file:
             log_file.close()
