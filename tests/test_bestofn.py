@@ -195,11 +195,12 @@ def test_shared_prefix_equals_naive_forwards_for_policy_and_reference(tiny_sandb
     models = BestOfNModels(policy=ScoringModel("base", base, proc), aligned=ScoringModel("lora", inner, proc, peft),
                            reference=ScoringModel("lora (adapter off)", inner, proc, peft, adapter_off=True))
     roles = ("policy", "aligned", "reference")
-    shared = role_logprobs(models, roles, image, QUESTION, ANSWERS, BestOfNConfig(score_batch_size=2))
     naive = role_logprobs(models, roles, image, QUESTION, ANSWERS, BestOfNConfig(score_batch_size=2, share_prefix=False))
-    for role in roles:
-        assert [x.numel() for x in shared[role]] == [x.numel() for x in naive[role]]
-        assert (_sums(shared[role]) - _sums(naive[role])).abs().max() < 1e-4, role
+    for mode in ("batched", "packed"):
+        shared = role_logprobs(models, roles, image, QUESTION, ANSWERS, BestOfNConfig(score_batch_size=2, prefix_mode=mode))
+        for role in roles:
+            assert [x.numel() for x in shared[role]] == [x.numel() for x in naive[role]]
+            assert (_sums(shared[role]) - _sums(naive[role])).abs().max() < 1e-4, (mode, role)
     assert (_sums(naive["reference"]) - _sums(answer_logprobs_naive(base, proc, image, QUESTION, ANSWERS))).abs().max() < 1e-4
     assert shared["policy"] is not shared["reference"]  # two different (model, adapter state) keys ran
 
@@ -215,9 +216,10 @@ def test_shared_prefix_equals_naive_on_other_architectures(arch):
     with torch.no_grad():
         model.lm_head.weight.mul_(30.0)
     img = render(World().scene(0, "test"), 32)
-    shared = _sums(answer_logprobs(model.eval(), proc, img, QUESTION, ANSWERS, batch_size=2))
-    naive = _sums(answer_logprobs_naive(model, proc, img, QUESTION, ANSWERS, batch_size=2))
-    assert (shared - naive).abs().max() < 1e-4
+    naive = _sums(answer_logprobs_naive(model.eval(), proc, img, QUESTION, ANSWERS, batch_size=2))
+    for mode, pack_tokens in (("batched", 2048), ("packed", 2048), ("packed", 10)):  # 10 tokens: several packed chunks
+        shared = _sums(answer_logprobs(model, proc, img, QUESTION, ANSWERS, batch_size=2, mode=mode, pack_tokens=pack_tokens))
+        assert (shared - naive).abs().max() < 1e-4, (mode, pack_tokens)
 
 
 def test_bad_candidates_stop_with_the_record_named(tiny_sandbox_model, image, monkeypatch, tmp_path):

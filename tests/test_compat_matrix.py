@@ -39,5 +39,7 @@ def test_matrix_row(entry):
     assert {s for s, c in row.items() if c.status == "fallback"} == expected
     assert all(reason in row[s].detail for s in expected)
     assert ("TRL comparison n/a" in row["dpo"].detail) == (entry.name in TRL_UNSUPPORTED)
+    for s in {"conquer", "best_of_n"} - expected:  # shared prefix: packed (block mask) and batched both == naive
+        assert "packed: yes" in row[s].detail and "batched and packed" in row[s].detail, row[s].detail
     table = markdown([entry], {entry.name: row}, 0.0)
     assert f"| {entry.name} |" in table and "**FAIL**" not in table

@@ -16,6 +16,8 @@ import torch
 
 from rlaifv.models.chat import answer_ids, collate, encode_prompt
 from rlaifv.models.generate import score_yes_no
+from rlaifv.models import prefix as prefix_mod
+from rlaifv.models.packed import block_mask, check_packable, pack_chunks
 from rlaifv.models.prefix import (
     encode_prefix,
     score_suffix_tokens,
@@ -102,11 +104,12 @@ def test_split_prefix_rejects_image_in_suffix(vlm, images) -> None:
         del processor.zz_image_token_id
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_yes_no_shared_matches_naive(vlm, images, batch_size: int) -> None:
+@pytest.mark.parametrize("mode,batch_size,pack_tokens", [("batched", 1, 0), ("batched", 3, 0), ("packed", 1, 2048), ("packed", 1, 12)])
+def test_yes_no_shared_matches_naive(vlm, images, mode: str, batch_size: int, pack_tokens: int) -> None:
+    # packed with 12 tokens per forward: several chunks per image (and single long suffixes alone)
     model, processor = vlm
     per_image = [QUESTIONS, QUESTIONS[1:3], QUESTIONS[::-1]]
-    shared = score_yes_no_shared(model, processor, images, per_image, batch_size=batch_size)
+    shared = score_yes_no_shared(model, processor, images, per_image, batch_size=batch_size, mode=mode, pack_tokens=pack_tokens or 2048)
     flat_imgs = [img for img, qs in zip(images, per_image) for _ in qs]
     flat_qs = [q for qs in per_image for q in qs]
     p_yes, p_no = score_yes_no(model, processor, flat_imgs, flat_qs, batch_size=1)
@@ -189,3 +192,85 @@ def test_mrope_models_refused(vlm) -> None:
 
     with pytest.raises(NotImplementedError, match="multimodal"):
         encode_prefix(Fake(), {"input_ids": torch.zeros(1, 3, dtype=torch.long)})
+
+
+# --------------------------------------------------------------------------- packed suffixes (models/packed.py)
+
+
+def test_block_mask_by_hand() -> None:
+    # prefix of 2 tokens, suffixes of 2 and 1 tokens: each suffix token sees the prefix and its own earlier tokens
+    m = block_mask(2, [2, 1], torch.float32)
+    assert m.shape == (1, 1, 3, 5)
+    allowed = (m[0, 0] == 0).int().tolist()
+    assert allowed == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 1]]
+    assert m[0, 0, 2, 2].item() == torch.finfo(torch.float32).min
+
+
+def test_pack_chunks_by_hand() -> None:
+    assert pack_chunks([3, 0, 4, 5, 9, 1], 8) == [[0, 2], [3], [4], [5]]  # empty skipped; 9 > 8 stands alone
+    assert pack_chunks([1, 1, 1], 2048) == [[0, 1, 2]]
+    with pytest.raises(ValueError):
+        pack_chunks([1], 0)
+
+
+def test_packed_equals_batched_logits_for_every_token(vlm, images) -> None:
+    model, processor = vlm
+    prefix, suffixes = split_prefix(processor, images[1], QUESTIONS)
+    enc = encode_prefix(model, prefix)
+    packed = score_suffix_tokens(model, enc, suffixes, mode="packed")
+    batched = score_suffix_tokens(model, enc, suffixes, batch_size=2, mode="batched")
+    for a, b in zip(packed, batched):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
+    assert prefix_mod.pack_refusal(model) is None
+
+
+class _MaskDropper(torch.nn.Module):
+    """A model that silently ignores a custom 4-D attention mask (what packing must detect)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, **kw):
+        if kw.get("attention_mask") is not None and kw["attention_mask"].ndim == 4:
+            kw["attention_mask"] = None
+        return self.inner(**kw)
+
+
+def test_model_ignoring_the_block_mask_falls_back_to_batched(vlm, images) -> None:
+    model, processor = vlm
+    dropper = _MaskDropper(model).eval()
+    naive_y, naive_n = score_yes_no(model, processor, [images[0]] * len(QUESTIONS), QUESTIONS, batch_size=1)
+    with pytest.warns(UserWarning, match="packed scoring unavailable for _MaskDropper .*does not honour a custom 4-D"):
+        got = score_yes_no_shared(dropper, processor, [images[0]], [QUESTIONS])[0]
+    assert max(abs(a[0] - y) + abs(a[1] - n) for a, y, n in zip(got, naive_y, naive_n)) < 1e-4
+    assert "does not honour" in prefix_mod.pack_refusal(dropper)
+
+
+def test_attention_without_custom_masks_is_refused() -> None:
+    class Cfg:
+        _attn_implementation = "flash_attention_2"
+
+        def get_text_config(self, decoder=True):
+            return self
+
+    class Fake:
+        config = Cfg()
+
+    with pytest.raises(NotImplementedError, match="flash_attention_2"):
+        check_packable(Fake())
+    with pytest.raises(ValueError, match="packed, batched, naive"):
+        prefix_mod.check_prefix_mode("fast")
+
+
+def test_split_prefix_checks_its_spliced_token_ids(vlm, images, monkeypatch) -> None:
+    # split_prefix processes the image for the first and last prompts only and splices the
+    # others from text-only tokenisation; a wrong splice is caught by the last prompt's full
+    # encoding, and every prompt is then encoded in full.
+    _, processor = vlm
+    want = [encode_prompt(processor, images[0], q)["input_ids"][0].tolist() for q in QUESTIONS]
+    calls = []
+    real = prefix_mod._spliced_rows
+    monkeypatch.setattr(prefix_mod, "_spliced_rows", lambda *a: calls.append(1) or [r + [0] for r in real(*a)])
+    prefix, suffixes = split_prefix(processor, images[0], QUESTIONS)
+    assert calls and [prefix["input_ids"][0].tolist() + s for s in suffixes] == want

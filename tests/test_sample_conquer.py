@@ -84,9 +84,10 @@ def _groups():
     return [(img, [PolarQuestion(f"p{i}#0/{j}", "c", q) for j, q in enumerate(g)]) for i, (img, g) in enumerate(zip(imgs, qs))]
 
 
-def test_conquer_shared_prefix_equals_naive(model_proc):
+@pytest.mark.parametrize("mode", ["packed", "batched"])
+def test_conquer_shared_prefix_equals_naive(model_proc, mode):
     m, p = model_proc
-    shared = conquer(m, p, _groups(), ConquerConfig(share_prefix=True, batch_size=2))
+    shared = conquer(m, p, _groups(), ConquerConfig(share_prefix=True, batch_size=2, prefix_mode=mode, pack_tokens=12))
     naive = conquer(m, p, _groups(), ConquerConfig(share_prefix=False))
     assert [s.claim_id for s in shared] == [s.claim_id for s in naive]
     for a, b in zip(shared, naive):

@@ -242,6 +242,25 @@ def _stage_done(stage: str, res, what: str, out) -> None:
         _print_resume({stage: res.n_rejects_carried}, {stage: res.redone} if res.redone else {})
 
 
+def _print_backend(out) -> None:
+    """A vllm / openai stage's request counts and warnings (its ``summary.json``: ``backends/stage.py``)."""
+    from .backends.stage import read_backend_summary
+
+    info = read_backend_summary(out)
+    if not info:
+        return
+    run, req = info["this_run"], info.get("requests") or {}
+    line = (f"{info['stage']} via {info['backend']}: {run.get('requests', 0)} request(s) sent, {run.get('reused', 0)} answered from "
+            f"the request log, {run.get('retries', 0)} retries, {run.get('n_fallbacks', 0)} n fallback(s)")
+    if req:
+        line += f"; {req['requests']} in {Path(out) / 'backend_requests.jsonl'}"
+    if info.get("outside_top_k"):
+        line += f"; yes/no outside the top-k: {info['outside_top_k']['count']} of {info['outside_top_k']['questions']}"
+    console.print(line, markup=False, soft_wrap=True)
+    for w in info.get("warnings", []):
+        console.print(f"[bold red]warning:[/] {w}", soft_wrap=True)
+
+
 def _print_stage_summary(out=None, summary: Optional[dict] = None) -> None:
     """A divide / ask stage's answers with 0 claims and LLM fallbacks (its ``summary.json``), if any."""
     from .stages.llm_stage import read_summary, summary_lines
@@ -281,6 +300,13 @@ def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def _backend_overrides(backend: Optional[str], base_url: Optional[str], served_model: Optional[str], api_key_env: Optional[str],
+                       max_concurrency: Optional[int], **endpoint) -> dict:
+    """Config overrides of a stage's serving backend (``rlaifv/backends/``) from the flags given."""
+    ep = _drop_none({"base_url": base_url, "model": served_model, "api_key_env": api_key_env, "max_concurrency": max_concurrency, **endpoint})
+    return _drop_none({"backend": backend, "endpoint": ep or None})
+
+
 def _inputs(path: Path, record_type, on_error: str = "raise", out: Optional[Path] = None, stage: Optional[str] = None,
             what: Optional[str] = None) -> list:
     """A stage command's input records: ``on_error`` checked first (a typo is a one-line error at
@@ -317,6 +343,12 @@ def sample_cmd(
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default 0.7)."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Default 512."),
     seed: Optional[int] = typer.Option(None, help="Base seed of the per-candidate seeds."),
+    backend: Optional[str] = typer.Option(None, help="hf (this process, default) | vllm (offline engine) | openai (an OpenAI-compatible server)."),
+    base_url: Optional[str] = typer.Option(None, help="--backend openai: the server, e.g. http://127.0.0.1:8000/v1 (endpoint.base_url)."),
+    served_model: Optional[str] = typer.Option(None, help="--backend openai: model name sent to the server (default: --model)."),
+    api_key_env: Optional[str] = typer.Option(None, help="--backend openai: environment variable holding the API key (default OPENAI_API_KEY)."),
+    max_concurrency: Optional[int] = typer.Option(None, help="--backend openai: requests in flight (default 8)."),
+    use_n: bool = typer.Option(False, "--use-n", help="--backend openai: ask for n choices per request where the server honours n (probed; else one request per seed)."),
     on_error: str = typer.Option("raise", help="raise | skip."),
     retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
     redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
@@ -327,11 +359,14 @@ def sample_cmd(
     from .stages.feedback import run_sample
     from .stages.sample import SampleConfig
 
-    cfg = load_config(SampleConfig, config, {"model": model, "n": n, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, **load.model})
+    cfg = load_config(SampleConfig, config, {"model": model, "n": n, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
+                                             **_backend_overrides(backend, base_url, served_model, api_key_env, max_concurrency,
+                                                                  use_n=use_n or None), **load.model})
     recs, path = _prompts_file(prompts, on_error, out, "sample")
     res = run_sample(cfg, recs, path, out, on_error,
           resume=_resume_options(retry_rejects, redo_changed))
     _stage_done("sample", res, "candidates", out)
+    _print_backend(out)
 
 
 @app.command("divide")
@@ -399,6 +434,12 @@ def conquer_cmd(
     model: Optional[str] = typer.Option(None, help="Labeler folder, sandbox:labeler, or the policy (self-feedback)."),
     mode: Optional[str] = typer.Option(None, help="direct | describe_then_answer | describe_then_match (sandbox-only stand-ins)."),
     repetition_penalty: Optional[float] = typer.Option(None, help="Reference-code fidelity switch (e.g. 1.1); off by default."),
+    backend: Optional[str] = typer.Option(None, help="hf (this process, default) | vllm (offline engine) | openai (an OpenAI-compatible server)."),
+    base_url: Optional[str] = typer.Option(None, help="--backend openai: the server, e.g. http://127.0.0.1:8000/v1 (endpoint.base_url)."),
+    served_model: Optional[str] = typer.Option(None, help="--backend openai: model name sent to the server (default: --model)."),
+    api_key_env: Optional[str] = typer.Option(None, help="--backend openai: environment variable holding the API key (default OPENAI_API_KEY)."),
+    max_concurrency: Optional[int] = typer.Option(None, help="--backend openai: requests in flight (default 8)."),
+    top_logprobs: Optional[int] = typer.Option(None, help="--backend openai: top-k log-probs asked for at the first answer token (default 20)."),
     on_error: str = typer.Option("raise", help="raise | skip."),
     retry_rejects: bool = typer.Option(False, "--retry-rejects", help="Retry inputs an earlier run rejected (old rejects kept in rejects.retried-*.jsonl)."),
     redo_changed: bool = typer.Option(False, "--redo-changed", help="Redo finished inputs whose content changed (question, image, upstream record); without it such a rerun is refused."),
@@ -411,11 +452,14 @@ def conquer_cmd(
     from .stages.feedback import conquer_mass, run_conquer
 
     _sandbox_extensions()
-    cfg = load_config(ConquerConfig, config, {"model": model, "mode": mode, "repetition_penalty": repetition_penalty, **load.model})
+    cfg = load_config(ConquerConfig, config, {"model": model, "mode": mode, "repetition_penalty": repetition_penalty,
+                                              **_backend_overrides(backend, base_url, served_model, api_key_env, max_concurrency,
+                                                                   top_logprobs=top_logprobs), **load.model})
     recs, path = _prompts_file(prompts, on_error, out, "conquer")
     res = run_conquer(cfg, recs, path, _inputs(questions, PolarQuestion, on_error, out, "conquer", "questions"), out, on_error,
           resume=_resume_options(retry_rejects, redo_changed))
     _stage_done("conquer", res, "scores", out)
+    _print_backend(out)
     _print_mass(conquer_mass(cfg, out))
 
 

@@ -11,11 +11,13 @@ naive computation on the same tensors:
   followed by the answer as the template writes it, and labels end with the template's own
   end-of-turn token;
 * ``sample``: the prompt prefilled once and its cache repeated == the prompt duplicated;
-* ``conquer``: shared image prefix == one full forward per question (1e-4 relative);
+* ``conquer``: shared image prefix == one full forward per question (1e-4 relative), both
+  with the question suffixes packed in one sequence (block mask) and batched (cache copies);
 * ``dpo``: collated labels cover exactly the answer + end-of-turn, and they are the first
   tokens of TRL's own completion for the same example; our ``dpo_loss`` on TRL's batch ==
   ``DPOTrainer.compute_loss`` (1e-5);
-* ``best_of_n``: answer log-probs on the shared prompt cache == full forwards (1e-4).
+* ``best_of_n``: answer log-probs on the shared prompt cache == full forwards (1e-4), packed
+  and batched; ``packed: no (...)`` in a detail names why a model's suffixes are not packed.
 
 A check that takes the naive path (``NotImplementedError`` from the shared-prefix code, e.g.
 sliding-window or cross-attention caches) is a ``fallback`` with the warning's reason; an
@@ -148,25 +150,39 @@ def check_conquer(model, processor) -> str:
     from ..stages.conquer import ConquerConfig, conquer
 
     groups = [(probe_image(), [PolarQuestion(f"p#0/{i}", "c", q) for i, q in enumerate(QUESTIONS)])]
-    shared = conquer(model, processor, groups, ConquerConfig(model="x"))
     naive = conquer(model, processor, groups, ConquerConfig(model="x", share_prefix=False))
-    worst = max(max(abs(a.p_yes - b.p_yes) / max(b.p_yes, 1e-30), abs(a.p_no - b.p_no) / max(b.p_no, 1e-30)) for a, b in zip(shared, naive))
-    if worst > 1e-4:
-        raise AssertionError(f"shared-prefix p_yes/p_no differ from naive forwards by {worst:.2e} (relative)")
+    worst = 0.0
+    for mode in ("batched", "packed"):
+        shared = conquer(model, processor, groups, ConquerConfig(model="x", prefix_mode=mode))
+        diff = max(max(abs(a.p_yes - b.p_yes) / max(b.p_yes, 1e-30), abs(a.p_no - b.p_no) / max(b.p_no, 1e-30)) for a, b in zip(shared, naive))
+        if diff > 1e-4:
+            raise AssertionError(f"shared-prefix ({mode}) p_yes/p_no differ from naive forwards by {diff:.2e} (relative)")
+        worst = max(worst, diff)
     mass = sum(s.p_yes + s.p_no for s in naive) / len(naive)
-    return f"max rel diff {worst:.1e}, mean yes+no mass {mass:.3f}"
+    return f"max rel diff {worst:.1e} (batched and packed), mean yes+no mass {mass:.3f}; {_packed(model)}"
+
+
+def _packed(model) -> str:
+    """``packed: yes`` or ``packed: no (reason)`` for the detail of a shared-prefix check."""
+    from ..models.prefix import pack_refusal
+
+    reason = pack_refusal(model)
+    return "packed: yes" if reason is None else f"packed: no ({reason})"
 
 
 def check_best_of_n(model, processor) -> str:
     """Answer log-probs on the shared prompt cache == full forwards (summed, 1e-4)."""
     from ..models.answers import answer_logprobs
 
-    shared = answer_logprobs(model, processor, probe_image(), QUESTIONS[0], ANSWERS)
     naive = answer_logprobs(model, processor, probe_image(), QUESTIONS[0], ANSWERS, share_prefix=False)
-    worst = max(abs(a.sum().item() - b.sum().item()) for a, b in zip(shared, naive))
-    if worst > 1e-4 * max(1.0, max(abs(b.sum().item()) for b in naive)):
-        raise AssertionError(f"shared-prefix answer log-probs differ by {worst:.2e}")
-    return f"max diff {worst:.1e}"
+    worst = 0.0
+    for mode in ("batched", "packed"):
+        shared = answer_logprobs(model, processor, probe_image(), QUESTIONS[0], ANSWERS, mode=mode)
+        diff = max(abs(a.sum().item() - b.sum().item()) for a, b in zip(shared, naive))
+        if diff > 1e-4 * max(1.0, max(abs(b.sum().item()) for b in naive)):
+            raise AssertionError(f"shared-prefix ({mode}) answer log-probs differ by {diff:.2e}")
+        worst = max(worst, diff)
+    return f"max diff {worst:.1e} (batched and packed); {_packed(model)}"
 
 
 def check_dpo(model, processor, workdir: Path) -> str:

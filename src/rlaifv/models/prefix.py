@@ -9,11 +9,21 @@ per-batch copy of that cache.
 How: ``split_prefix`` renders each full prompt with the processor's chat template
 (``chat.encode_prompt``), takes the longest common token prefix (it must hold every image
 token) and returns the prefix's model inputs plus each question's remaining token ids.
-``encode_prefix`` runs the prefix once. Each batch of suffixes is right-padded and run against
-a fresh batch-sized copy of the prefix cache (the shared cache itself is never written to),
-with an attention mask over prefix + suffix and explicit ``position_ids`` continuing from the
-prefix length. Right padding keeps every real token at the same position as in the unpadded
-full prompt, so results match a full forward up to float rounding.
+``encode_prefix`` runs the prefix once. Then, by ``mode``:
+
+* ``packed`` (default): all suffixes of the prefix run as ONE batch-1 sequence on the prefix
+  cache with a block-diagonal 4-D mask (``models/packed.py``), chunked to ``pack_tokens``;
+  each suffix token is computed once and the prefix cache is not copied. Models whose
+  attention takes no custom 4-D mask (flash / flex attention), or whose packed logits differ
+  from batched ones in a one-time check per model class (:func:`_verify_packing`), fall back to
+  ``batched`` with a one-time warning naming the reason.
+* ``batched``: each batch of suffixes is right-padded and run against a fresh batch-sized copy
+  of the prefix cache, with an attention mask over prefix + suffix and explicit
+  ``position_ids`` continuing from the prefix length. Right padding keeps every real token at
+  the same position as in the unpadded full prompt.
+
+Either way the shared cache itself is never written to, and results match a full forward up
+to float rounding.
 
 Positions: Llama-style models (Idefics3/SmolVLM, LLaVA) use 1-D positions ``prefix length +
 i``. Multimodal-RoPE models (Qwen2-VL, Qwen2.5-VL: a ``get_rope_index`` on the inner model)
@@ -34,13 +44,14 @@ from __future__ import annotations
 import inspect
 import warnings
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from PIL import Image
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from .chat import _TEXT_KEYS, encode_prompt
+from .chat import _TEXT_KEYS, encode_prompt, prompt_text
+from .packed import attention_implementation, check_packable, pack_chunks, packed_logits
 from .yesno import YesNoIds, p_yes_no, yes_no_ids
 
 PrefixInputs = dict[str, torch.Tensor]
@@ -102,11 +113,22 @@ def split_prefix(
     it. ``history`` (earlier turns) is shared by all questions. Raises ``ValueError`` if an
     image token would fall in a suffix (questions differing before the image, e.g. a template
     that puts the text first).
+
+    The image is processed twice, not once per question (:func:`_spliced_rows`): the first and
+    last prompts are encoded in full and the others only tokenised, which at 576 image tokens
+    costs about as much as the packed forward itself otherwise.
     """
     if not questions:
         raise ValueError("split_prefix needs at least one question")
-    encs = [encode_prompt(processor, image, q, history) for q in questions]
-    rows = [e["input_ids"][0].tolist() for e in encs]
+    encs = [encode_prompt(processor, image, questions[0], history)]
+    rows = _spliced_rows(processor, encs[0], [prompt_text(processor, q, history) for q in questions]) if len(questions) > 2 else None
+    if rows is not None:
+        encs.append(encode_prompt(processor, image, questions[-1], history))
+        if encs[-1]["input_ids"][0].tolist() != rows[-1]:
+            rows = None
+    if rows is None:  # every prompt encoded in full
+        encs = [encs[0]] + [encode_prompt(processor, image, q, history) for q in questions[1:]]
+        rows = [e["input_ids"][0].tolist() for e in encs]
     _check_same_extras(encs)
     n = min(_common_prefix_len(rows), min(len(r) for r in rows) - 1)
     img_ids = image_token_ids(processor)
@@ -122,6 +144,28 @@ def split_prefix(
     if "attention_mask" not in prefix:
         prefix["attention_mask"] = torch.ones_like(prefix["input_ids"])
     return prefix, [r[n:] for r in rows]
+
+
+def _spliced_rows(processor, first: PrefixInputs, texts: Sequence[str]) -> list[list[int]] | None:
+    """Every prompt's full token ids from the first prompt's encoding and the text-only tokenisation of all.
+
+    The processor expands the image placeholder(s) into image tokens inside the text common to
+    all prompts and tokenises the result; the text after the last image token is tokenised the
+    same with or without the expansion. So prompt i = the first prompt's expanded ids up to the
+    common (unexpanded) prefix + prompt i's own unexpanded ids after it. None when the first
+    prompt's own tail does not survive the expansion unchanged (the caller then encodes every
+    prompt in full; it also checks the last prompt against a full encoding).
+    """
+    tok = processor.tokenizer
+    bos = getattr(tok, "bos_token", None)
+    # as chat.encode_prompt: a template that writes the BOS itself must not get a second one
+    plain = [tok(t, add_special_tokens=False)["input_ids"] if bos and t.startswith(bos) else tok(t)["input_ids"] for t in texts]
+    full = first["input_ids"][0].tolist()
+    c = _common_prefix_len(plain)
+    grow = len(full) - len(plain[0])
+    if grow < 0 or full[c + grow :] != plain[0][c:]:
+        return None
+    return [full[: c + grow] + r[c:] for r in plain]
 
 
 # --------------------------------------------------------------------------- running
@@ -261,45 +305,133 @@ def _batches(suffixes: Sequence[Sequence[int]], batch_size: int) -> list[list[in
 
 # --------------------------------------------------------------------------- scoring
 
+#: how the suffixes of one prefix run: ``packed`` (one sequence, block mask), ``batched`` (one row
+#: and one cache copy per suffix), ``naive`` (no shared prefix: a full forward per prompt)
+PREFIX_MODES = ("packed", "batched", "naive")
+PACK_TOKENS = 2048  # default bound on the tokens of one packed forward
+
+#: (model class, model type, attention implementation) -> None when packing was verified, else why it is refused
+_PACK_STATUS: dict[tuple[str, str, str], str | None] = {}
+
+
+def check_prefix_mode(mode: str) -> None:
+    """ValueError naming the valid modes."""
+    if mode not in PREFIX_MODES:
+        raise ValueError(f"prefix mode must be one of {', '.join(PREFIX_MODES)}; got {mode!r}")
+
+
+def _pack_key(model) -> tuple[str, str, str]:
+    return type(model).__name__, str(getattr(model.config, "model_type", "")), attention_implementation(model)
+
+
+def _verify_packing(model, enc: EncodedPrefix, suffixes: Sequence[Sequence[int]]) -> str | None:
+    """None if packed logits equal batched ones on two short suffixes of this prefix, else the reason.
+
+    Run once per (model class, model type, attention implementation): a model whose attention drops or
+    rebuilds a custom 4-D mask lets one packed suffix see another, which this catches before
+    any score is used. Tolerance on log-probs: 1e-3 in float32/64, 0.1 in 16-bit dtypes.
+    """
+    pair = [list(s[:8]) for s in suffixes if len(s) > 0][:2]
+    if len(pair) < 2:
+        return "unverified"
+    packed = torch.log_softmax(packed_logits(model, enc, pair, last_only=True), dim=-1)
+    batched = _suffix_batch_logits(model, enc, pair)
+    batched = torch.log_softmax(batched[torch.arange(2), torch.tensor([len(s) - 1 for s in pair])], dim=-1)
+    diff = (packed - batched.to(packed.device)).abs().max().item()
+    tol = 1e-3 if next(model.parameters()).dtype in (torch.float32, torch.float64) else 0.1
+    if diff > tol:
+        return f"packed log-probs differ from batched ones by {diff:.2e} (> {tol}): the model does not honour a custom 4-D attention mask"
+    return None
+
+
+def _resolve_mode(model, enc: EncodedPrefix, suffixes: Sequence[Sequence[int]], mode: str) -> str:
+    """``packed`` if this model can pack (checked once, :func:`_verify_packing`), else ``batched`` with a one-time warning."""
+    check_prefix_mode(mode)
+    if mode != "packed":
+        return mode
+    try:
+        check_packable(model)
+    except NotImplementedError as e:
+        _warn_pack_fallback(model, str(e))
+        return "batched"
+    key = _pack_key(model)
+    if _PACK_STATUS.get(key, "unverified") == "unverified":
+        _PACK_STATUS[key] = _verify_packing(model, enc, suffixes)
+    reason = _PACK_STATUS[key]
+    if reason is not None and reason != "unverified":
+        _warn_pack_fallback(model, reason)
+        return "batched"
+    return "packed"
+
+
+def pack_refusal(model) -> str | None:
+    """Why this model's suffixes are not packed (attention implementation, or a failed one-time check), else None.
+
+    None also before the first multi-suffix call has run the check (:func:`_verify_packing`).
+    """
+    try:
+        check_packable(model)
+    except NotImplementedError as e:
+        return str(e)
+    reason = _PACK_STATUS.get(_pack_key(model))
+    return None if reason == "unverified" else reason
+
+
+def _suffix_logits(model, enc: EncodedPrefix, suffixes: Sequence[Sequence[int]], last_only: bool, mode: str,
+                   batch_size: int, pack_tokens: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index, logits) per non-empty suffix: [V] at its last token (``last_only``) or [len, V] for every token."""
+    if _resolve_mode(model, enc, suffixes, mode) == "packed":
+        for chunk in pack_chunks([len(s) for s in suffixes], pack_tokens):
+            logits = packed_logits(model, enc, [suffixes[i] for i in chunk], last_only)
+            if last_only:
+                yield from zip(chunk, logits)
+            else:
+                yield from zip(chunk, logits.split([len(suffixes[i]) for i in chunk]))
+        return
+    for idx in _batches(suffixes, batch_size):
+        logits = _suffix_batch_logits(model, enc, [suffixes[i] for i in idx])
+        for row, i in enumerate(idx):
+            yield i, (logits[row, len(suffixes[i]) - 1] if last_only else logits[row, : len(suffixes[i])])
+
 
 @torch.no_grad()
 def score_suffixes_last_logits(
-    model, prefix: Mapping[str, torch.Tensor] | EncodedPrefix, suffixes: Sequence[Sequence[int]], batch_size: int = 16
+    model, prefix: Mapping[str, torch.Tensor] | EncodedPrefix, suffixes: Sequence[Sequence[int]], batch_size: int = 16,
+    mode: str = "packed", pack_tokens: int = PACK_TOKENS,
 ) -> torch.Tensor:
     """Float32 logits [len(suffixes), V] at each suffix's last token (prefix + suffix context).
 
     ``prefix`` is either prefix model inputs (run here once) or an ``EncodedPrefix`` to reuse
-    across calls. An empty suffix gets the prefix's last-position logits.
+    across calls. An empty suffix gets the prefix's last-position logits. ``mode``: ``packed``
+    (default; ``pack_tokens`` per forward) or ``batched`` (``batch_size`` suffixes per forward).
     """
     enc = _as_encoded(model, prefix)
     out = enc.last_logits.unsqueeze(0).repeat(len(suffixes), 1)
-    for idx in _batches(suffixes, batch_size):
-        logits = _suffix_batch_logits(model, enc, [suffixes[i] for i in idx])
-        last = torch.tensor([len(suffixes[i]) - 1 for i in idx], device=logits.device)
-        out[idx] = logits[torch.arange(len(idx), device=logits.device), last].to(out.device)
+    for i, logits in _suffix_logits(model, enc, suffixes, True, mode, batch_size, pack_tokens):
+        out[i] = logits.to(out.device)
     return out
 
 
 @torch.no_grad()
 def score_suffix_tokens(
-    model, prefix: Mapping[str, torch.Tensor] | EncodedPrefix, suffixes: Sequence[Sequence[int]], batch_size: int = 16
+    model, prefix: Mapping[str, torch.Tensor] | EncodedPrefix, suffixes: Sequence[Sequence[int]], batch_size: int = 16,
+    mode: str = "packed", pack_tokens: int = PACK_TOKENS,
 ) -> list[torch.Tensor]:
     """Per suffix, float32 log-probs [len(suffix)] of each suffix token given prefix + earlier suffix tokens.
 
     Token 0 is scored by the prefix's last position. Sum a tail slice to get an answer's
     sequence log-prob, e.g. with ``prefix = encode_prompt(...)`` and
     ``suffixes = [chat.answer_ids(processor, a) for a in answers]`` (N candidates, one prompt).
+    ``mode`` / ``pack_tokens`` / ``batch_size`` as in :func:`score_suffixes_last_logits`.
     """
     enc = _as_encoded(model, prefix)
     first = torch.log_softmax(enc.last_logits, dim=-1)
     out: list[torch.Tensor] = [torch.empty(0, device=first.device) for _ in suffixes]
-    for idx in _batches(suffixes, batch_size):
-        logits = _suffix_batch_logits(model, enc, [suffixes[i] for i in idx])
+    for i, logits in _suffix_logits(model, enc, suffixes, False, mode, batch_size, pack_tokens):
         logp = torch.log_softmax(logits, dim=-1)
-        for row, i in enumerate(idx):
-            toks = torch.tensor(list(suffixes[i]), device=logp.device)
-            rest = logp[row, : len(toks) - 1].gather(-1, toks[1:, None]).squeeze(-1)
-            out[i] = torch.cat([first[toks[0]].reshape(1).to(rest.device), rest])
+        toks = torch.tensor(list(suffixes[i]), device=logp.device)
+        rest = logp[: len(toks) - 1].gather(-1, toks[1:, None]).squeeze(-1)
+        out[i] = torch.cat([first[toks[0]].reshape(1).to(rest.device), rest])
     return out
 
 
@@ -312,17 +444,23 @@ def score_yes_no_shared(
     batch_size: int = 16,
     ids: YesNoIds | None = None,
     histories: Sequence[Sequence[tuple[str, str]]] | None = None,
+    mode: str = "packed",
+    pack_tokens: int = PACK_TOKENS,
 ) -> list[list[tuple[float, float]]]:
     """(p_yes, p_no) per question, grouped per image; the image + common prefix run once per image.
 
     Same numbers as ``generate.score_yes_no`` on the flattened (image, question) pairs, within
     float rounding. ``histories`` (one per image) puts earlier turns before every question.
-    Models that shared-prefix scoring cannot serve (``NotImplementedError`` from
-    ``encode_prefix``) are scored naively, one full forward per question, with a one-time
-    warning naming the reason.
+    ``mode``: ``packed`` (default: all of an image's question suffixes in one sequence with a
+    block mask, ``pack_tokens`` per forward), ``batched`` (``batch_size`` suffixes per forward,
+    one prefix-cache copy each) or ``naive`` (one full forward per question). Models that
+    cannot pack fall back to ``batched``; models that shared-prefix scoring cannot serve at all
+    (``NotImplementedError`` from ``encode_prefix``) to ``naive``; each with a one-time warning
+    naming the reason.
     """
     if len(images) != len(questions_per_image):
         raise ValueError(f"{len(images)} images but {len(questions_per_image)} question lists")
+    check_prefix_mode(mode)
     ids = ids or yes_no_ids(processor)
     results: list[list[tuple[float, float]]] = []
     for j, (image, questions) in enumerate(zip(images, questions_per_image)):
@@ -330,6 +468,9 @@ def score_yes_no_shared(
             results.append([])
             continue
         history = histories[j] if histories is not None else ()
+        if mode == "naive":
+            results.append(_naive_yes_no(model, processor, image, questions, history, batch_size, ids))
+            continue
         prefix, suffixes = split_prefix(processor, image, questions, history)
         try:
             enc = encode_prefix(model, prefix)
@@ -337,7 +478,7 @@ def score_yes_no_shared(
             _warn_fallback(model, str(e))
             results.append(_naive_yes_no(model, processor, image, questions, history, batch_size, ids))
             continue
-        p_yes, p_no = p_yes_no(score_suffixes_last_logits(model, enc, suffixes, batch_size), ids)
+        p_yes, p_no = p_yes_no(score_suffixes_last_logits(model, enc, suffixes, batch_size, mode, pack_tokens), ids)
         results.append(list(zip(p_yes.tolist(), p_no.tolist())))
     return results
 
@@ -350,6 +491,17 @@ def _warn_fallback(model, reason: str) -> None:
     if name not in _WARNED:
         _WARNED.add(name)
         warnings.warn(f"shared-prefix scoring unavailable for {name} ({reason}); scoring each question with a full forward", stacklevel=3)
+
+
+_WARNED_PACK: set[tuple[str, str, str]] = set()
+
+
+def _warn_pack_fallback(model, reason: str) -> None:
+    name, key = type(model).__name__, _pack_key(model)
+    if key not in _WARNED_PACK:
+        _WARNED_PACK.add(key)
+        warnings.warn(f"packed scoring unavailable for {name} ({reason}); scoring the suffixes in batches, one copy of "
+                      "the prefix cache per row (slower, same numbers)", stacklevel=4)
 
 
 def _naive_yes_no(model, processor, image, questions, history, batch_size: int, ids: YesNoIds) -> list[tuple[float, float]]:

@@ -52,11 +52,13 @@ from ..resume import ResumeOptions, prompt_fingerprint
 from ..runner import rank_and_world
 from ..store import read_inputs, read_records, rejects_count
 from .ask import AskConfig, ask
-from .conquer import ConquerConfig, check_conquer_inputs, conquer
+from ..backends.base import EndpointOptions, VLLMOptions, check_backend, manifest_view
+from ..backends.stage import role_backend
+from .conquer import ConquerConfig, check_conquer_inputs, conquer, score_via
 from .divide import DivideConfig, divide
 from .feedback import _run, prompt_of_claim, prompts_file
 from .llm import build_chat_lm
-from .sample import SampleConfig, sample
+from .sample import SampleConfig, sample, sample_via
 
 SCORERS = ("rlaifv-reward", "dpo-reward", "labeler", "perplexity")
 REWARD_SCORERS = ("rlaifv-reward", "dpo-reward")
@@ -93,8 +95,19 @@ class BestOfNConfig:
     aligned: str = ""  # reward model: DPO-aligned checkpoint or LoRA adapter folder ("" = the policy, sample.model)
     reference: str = ""  # reference model of the reward ("" = `aligned` with its LoRA adapter switched off)
     beta: float = 0.1  # DPO beta: scales the rewards; never changes which answer wins
-    score_batch_size: int = 16  # candidate answers per scoring forward
+    score_batch_size: int = 16  # candidate answers per scoring forward in the batched and naive prefix modes (packed: pack_tokens)
     share_prefix: bool = True  # image + prompt encoded once per model (False: one full forward per answer; for checks)
+    #: packed: the N answers in one sequence with a block mask on the prompt's cache (fastest; default); batched:
+    #: one row and one cache copy per answer (automatic fallback for models that cannot pack); naive: one full
+    #: forward per answer (for checks; also share_prefix: false). Same log-probs within 1e-4.
+    prefix_mode: str = "packed"
+    pack_tokens: int = 2048  # packed mode: most answer tokens per forward (bounds the mask and activations)
+    #: who computes the aligned / reference log-probs (reward scorers): hf (loaded here) | vllm | openai (each role's
+    #: model name is asked of the server, e.g. vLLM serving the aligned LoRA adapter under its own name; `reference` required).
+    #: The policy follows sample.backend (sampling, perplexity), the labeler conquer.backend (rlaifv/backends/)
+    backend: str = "hf"
+    endpoint: EndpointOptions = field(default_factory=EndpointOptions)  # backend openai: the server of the reward models
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)  # backend vllm: the engine's options
     on_error: str = "raise"  # raise | skip (a bad prompt goes to results/rejects.jsonl)
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(n=8))  # policy (sample.model), N (sample.n), decoding
     divide: DivideConfig = field(default_factory=DivideConfig)  # labeler scorer: claims of each answer
@@ -113,6 +126,14 @@ class BestOfNConfig:
             raise ConfigError(f"best-of-n on_error must be raise or skip, got {self.on_error!r}")
         if self.score_batch_size < 1:
             raise ConfigError(f"best-of-n score_batch_size must be >= 1, got {self.score_batch_size}")
+        if self.prefix_mode not in ("packed", "batched", "naive"):
+            raise ConfigError(f"best-of-n prefix_mode must be packed, batched or naive, got {self.prefix_mode!r}")
+        if self.pack_tokens < 1:
+            raise ConfigError(f"best-of-n pack_tokens must be >= 1, got {self.pack_tokens}")
+        check_backend("best-of-n", self.backend, self.endpoint, self.vllm)
+        if self.backend != "hf" and set(REWARD_SCORERS) & set(self.scorers) and not self.reference:
+            raise ConfigError(f"best-of-n backend {self.backend}: the reward scorers need `reference` (--reference) named "
+                              "(a server cannot switch a LoRA adapter off)")
 
     @property
     def scorers(self) -> tuple[str, ...]:
@@ -262,11 +283,12 @@ class ScoringModel:
     processor: Any
     peft: Any = None  # the PeftModel around `model`, if it carries an adapter
     adapter_off: bool = False
+    backend: Any = None  # a serving backend (vllm / openai) instead of `model` (rlaifv/backends/)
 
     @property
     def key(self) -> tuple[int, bool]:
         """Same key = same numbers: such roles are scored once."""
-        return id(self.model), self.adapter_off
+        return id(self.backend if self.backend is not None else self.model), self.adapter_off
 
     def context(self) -> ContextManager:
         return self.peft.disable_adapter() if self.adapter_off else nullcontext()
@@ -291,29 +313,35 @@ def load_models(cfg: BestOfNConfig, scorers: Sequence[str] | None = None) -> Bes
     """Load the policy and what ``scorers`` (default: ``cfg.scorers``) need; a name loads once."""
     cfg = with_models(cfg)
     scorers = tuple(scorers or cfg.scorers)
-    loaded: dict[tuple[str, str], ScoringModel] = {}
+    loaded: dict[tuple, ScoringModel] = {}
 
-    def get(name: str, how: Any = cfg.sample) -> ScoringModel:
-        """``name`` loaded as ``how`` says (sample section: policy, aligned, reference; conquer: the labeler)."""
-        key = (name, repr(LoadOptions.of(how)))
-        if key not in loaded:
+    def get(name: str, how: Any = cfg.sample, kind: str = "hf") -> ScoringModel:
+        """``name`` loaded as ``how`` says (sample section: policy, aligned, reference; conquer: the labeler), or
+        served by backend ``kind`` (``how`` then holds its endpoint / vllm section)."""
+        key = (name, repr(LoadOptions.of(how)) if kind == "hf" else id(how), kind)
+        if key in loaded:
+            return loaded[key]
+        if kind != "hf":
+            loaded[key] = ScoringModel(name, None, None, backend=role_backend(kind, "best-of-n", name, how, Path(cfg.out) / "results"))
+        else:
             model, processor = load_vlm(name, options=how)
             inner, peft = unwrap_peft(model)
             loaded[key] = ScoringModel(name, inner, processor, peft)
         return loaded[key]
 
-    models = BestOfNModels(policy=get(cfg.sample.model))
+    models = BestOfNModels(policy=get(cfg.sample.model, cfg.sample, cfg.sample.backend))
     if set(REWARD_SCORERS) & set(scorers):
-        models.aligned = get(cfg.aligned or cfg.sample.model)
+        reward = (cfg, cfg.backend) if cfg.backend != "hf" else (cfg.sample, "hf")
+        models.aligned = get(cfg.aligned or cfg.sample.model, *reward)
         if cfg.reference:
-            models.reference = get(cfg.reference)
+            models.reference = get(cfg.reference, *reward)
         elif models.aligned.peft is not None:
             models.reference = replace(models.aligned, name=f"{models.aligned.name} (adapter off)", adapter_off=True)
         else:
             raise ConfigError("the reward scorers need a reference model: set `reference` (--reference), "
                               "or give a LoRA adapter folder as `aligned` (its base is the reference)")
     if "labeler" in scorers:
-        models.labeler = get(cfg.conquer.model, cfg.conquer)
+        models.labeler = get(cfg.conquer.model, cfg.conquer, cfg.conquer.backend)
         models.divide_lm = build_chat_lm(cfg.divide.llm, cfg.divide.endpoint) if cfg.divide.backend == "llm" else None
         models.ask_lm = build_chat_lm(cfg.ask.llm, cfg.ask.endpoint) if cfg.ask.backend == "llm" else None
     return models
@@ -329,11 +357,15 @@ def role_logprobs(models: BestOfNModels, roles: Sequence[str], image: Image.Imag
     out: dict[str, list[torch.Tensor]] = {}
     for role in roles:
         sm: ScoringModel = getattr(models, role)
-        if sm.key not in done:
+        if sm.key not in done and sm.backend is not None:
+            done[sm.key] = [torch.tensor(x, dtype=torch.float32) for x in sm.backend.answer_logprobs(image, question, answers)]
+        elif sm.key not in done:
             with sm.context():
-                done[sm.key] = answer_logprobs(sm.model, sm.processor, image, question, answers, cfg.score_batch_size, cfg.share_prefix)
+                done[sm.key] = answer_logprobs(sm.model, sm.processor, image, question, answers, cfg.score_batch_size, cfg.share_prefix,
+                                               cfg.prefix_mode, cfg.pack_tokens)
         out[role] = done[sm.key]
-    if models.aligned is not None and models.reference is not None and "reference" in roles:
+    if models.aligned is not None and models.reference is not None and "reference" in roles and models.aligned.processor is not None \
+            and models.reference.processor is not None:
         for a in answers:
             if answer_ids(models.aligned.processor, a) != answer_ids(models.reference.processor, a):
                 raise ValueError(f"aligned ({models.aligned.name}) and reference ({models.reference.name}) tokenise the answer "
@@ -349,7 +381,8 @@ def claim_verdicts(models: BestOfNModels, prompts: Sequence[Prompt], images: Seq
     questions = ask(claims, cfg.ask, lm=models.ask_lm)
     groups = [(img, [q for q in questions if prompt_of_claim(q.claim_id) == p.prompt_id]) for p, img in zip(prompts, images)]
     lab = models.labeler
-    accepted = {s.claim_id: s.accepted for s in conquer(lab.model, lab.processor, groups, cfg.conquer)}
+    scores = score_via(lab.backend, groups, cfg.conquer)[0] if lab.backend is not None else conquer(lab.model, lab.processor, groups, cfg.conquer)
+    accepted = {s.claim_id: s.accepted for s in scores}
     out: dict[str, tuple[list[str], list[bool]]] = {c.id: ([], []) for c in candidates}
     for cl in claims:
         out[cl.candidate_id][0].append(cl.text)
@@ -384,7 +417,10 @@ def best_of_n(models: BestOfNModels, prompts: Sequence[Prompt], images: Sequence
     log-prob raises an error naming the candidate.
     """
     pol = models.policy
-    cands = sample(pol.model, pol.processor, prompts, images, cfg.sample, model_name=cfg.sample.model)
+    if pol.backend is not None:
+        cands = sample_via(pol.backend, prompts, images, cfg.sample, model_name=cfg.sample.model)
+    else:
+        cands = sample(pol.model, pol.processor, prompts, images, cfg.sample, model_name=cfg.sample.model)
     for c in cands:
         if not c.text.strip():
             raise ValueError(f"candidate {c.id!r}: empty answer; best-of-n cannot score it (use --on-error skip to set the prompt aside)")
@@ -404,7 +440,8 @@ def best_of_n(models: BestOfNModels, prompts: Sequence[Prompt], images: Sequence
 
 def stage_config(cfg: BestOfNConfig) -> dict[str, Any]:
     """What the manifest pins (resuming with another value is refused): everything that changes results."""
-    d = asdict(cfg)
+    d = manifest_view(asdict(cfg))  # backend hf: the keys a run always had (runs made before backends resume)
+    d["sample"], d["conquer"] = manifest_view(d["sample"]), manifest_view(d["conquer"])
     for k in ("out", "on_error", "sweep", "prompts", "sandbox_prompts", "sandbox_split"):  # inputs are fingerprinted instead
         d.pop(k)
     return d
@@ -481,6 +518,11 @@ def best_of_n_run(cfg: BestOfNConfig, resume: ResumeOptions | None = None) -> di
         return {}
     summary = summarize(list(read_records(out / "results", BestOfNResult)))
     summary["rejected"] = rejects_count(out / "results")  # see out/results/rejects.jsonl
+    if "openai" in (cfg.backend, cfg.sample.backend, cfg.conquer.backend):  # every request in results/backend_requests.jsonl
+        from ..backends.transport import log_counts
+
+        counts = log_counts(out / "results")
+        summary["backend requests"], summary["backend retries"] = counts["requests"], counts["retries"]
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, out / "summary.json")

@@ -26,12 +26,13 @@ a sandbox scene, i.e. every real image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
+from ..backends.base import EndpointOptions, VLLMOptions, check_backend
 from ..config import ConfigError
 from ..models.generate import score_yes_no
 from ..models.options import LoadOptions
@@ -94,7 +95,12 @@ class ConquerConfig(LoadOptions):
     model: str = ""  # labeler folder, sandbox:labeler, or the policy (self-feedback); required
     mode: str = "direct"  # a registered mode: direct (the method), or a sandbox-only stand-in (rlaifv.sandbox.standins)
     share_prefix: bool = True  # encode image + common prefix once per image (False: naive, for checks)
-    batch_size: int = 32  # question suffixes per forward
+    #: packed: an image's question suffixes in one sequence with a block mask (fastest; default); batched: one
+    #: row and one prefix-cache copy per question (automatic fallback for models that cannot pack); naive: one
+    #: full forward per question (for checks; also share_prefix: false). Same numbers within 1e-4.
+    prefix_mode: str = "packed"
+    pack_tokens: int = 2048  # packed mode: most question-suffix tokens per forward (bounds the mask and activations)
+    batch_size: int = 32  # questions per forward in the batched and naive prefix modes (packed: pack_tokens)
     repetition_penalty: float | None = None  # reference-compatible deviation switch (e.g. 1.1)
     describe_prompt: str = "Describe the image in detail."  # describe-first modes (stand-ins): the labeler's own description
     describe_max_new_tokens: int = 256
@@ -105,14 +111,27 @@ class ConquerConfig(LoadOptions):
     #: inputs (the prompt's record is refused). 0: the labeler's context (``models/context.py``)
     max_prompt_tokens: int = 0
     max_image_pixels: int = 40_000_000  # larger images are bad inputs, refused from their header (0: no limit)
+    #: hf (this process) | vllm (offline engine) | openai (an OpenAI-compatible server returning top-k log-probs):
+    #: p_yes / p_no from the first answer token's top-k log-probs (``rlaifv/backends/``); mode direct only
+    backend: str = "hf"
+    endpoint: EndpointOptions = field(default_factory=EndpointOptions)  # backend openai: the server (base_url, model, top_logprobs, ...)
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)  # backend vllm: the engine's options
 
     def __post_init__(self) -> None:
         super().__post_init__()
         conquer_mode(self.mode)  # ConfigError naming the registered modes
+        check_backend("conquer", self.backend, self.endpoint, self.vllm)
+        if self.backend != "hf" and (self.mode != "direct" or self.repetition_penalty is not None):
+            raise ConfigError(f"conquer.backend {self.backend} reads the direct first-answer-token p_yes / p_no only: "
+                              "mode must be direct and repetition_penalty unset (use backend hf for the others)")
         if (self.yes_tokens is None) != (self.no_tokens is None):
             raise ValueError("conquer: give both yes_tokens and no_tokens, or neither")
         if not 0.0 <= self.min_mean_mass <= 1.0:
             raise ValueError(f"conquer.min_mean_mass must be in [0, 1], got {self.min_mean_mass}")
+        if self.prefix_mode not in ("packed", "batched", "naive"):
+            raise ValueError(f"conquer.prefix_mode must be packed, batched or naive, got {self.prefix_mode!r}")
+        if self.pack_tokens < 1:
+            raise ValueError(f"conquer.pack_tokens must be >= 1, got {self.pack_tokens}")
         if self.repetition_penalty is not None and self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
 
@@ -128,10 +147,11 @@ def _penalised(logits: torch.Tensor, input_ids: Sequence[Sequence[int]], penalty
 
 
 def _score_image(model, processor, image: Image.Image, questions: list[str], history, cfg: ConquerConfig, ids: YesNoIds) -> list[tuple[float, float]]:
-    if cfg.repetition_penalty is None and cfg.share_prefix:
+    if cfg.repetition_penalty is None and cfg.share_prefix and cfg.prefix_mode != "naive":
         from ..models.prefix import score_yes_no_shared
 
-        return score_yes_no_shared(model, processor, [image], [questions], batch_size=cfg.batch_size, ids=ids, histories=[history])[0]
+        return score_yes_no_shared(model, processor, [image], [questions], batch_size=cfg.batch_size, ids=ids, histories=[history],
+                                   mode=cfg.prefix_mode, pack_tokens=cfg.pack_tokens)[0]
     if cfg.repetition_penalty is None:
         hist = [history] * len(questions) if history else None
         y, n = score_yes_no(model, processor, [image] * len(questions), questions, ids, cfg.batch_size, histories=hist)
@@ -208,6 +228,22 @@ def score_direct(model, processor, groups: Groups, cfg: ConquerConfig,
         scores = _score_image(model, processor, image, [q.question for q in questions], history, cfg, ids)
         out += [ClaimScore(claim_id=q.claim_id, question=q.question, p_yes=float(y), p_no=float(n)) for q, (y, n) in zip(questions, scores)]
     return out
+
+
+def score_via(backend, groups: Groups, cfg: ConquerConfig) -> tuple[list[ClaimScore], list[str]]:
+    """The direct read-out through a serving backend (``cfg.backend`` vllm / openai): ClaimScores and
+    the ids of the claims whose yes or no word was outside the returned top-k (its p is then the
+    sum over the tokens present, a lower bound; counted in the stage summary)."""
+    out: list[ClaimScore] = []
+    outside: list[str] = []
+    for image, questions in groups:
+        if not questions:
+            continue
+        for q, r in zip(questions, backend.yes_no(image, [q.question for q in questions])):
+            out.append(ClaimScore(claim_id=q.claim_id, question=q.question, p_yes=float(r.p_yes), p_no=float(r.p_no)))
+            if r.outside_top_k:
+                outside.append(q.claim_id)
+    return out, outside
 
 
 register_conquer_mode(ConquerMode("direct", score_direct, description="the labeler's p_yes / p_no at the first answer token"))

@@ -37,11 +37,13 @@ from ..store import (LOCK_NAME, MANIFEST_NAME, REJECTS_NAME, RecordStore, Reject
                      _list_shards, merge_stores, read_inputs, read_manifest, read_records, rejects_count,
                      write_manifest)
 from .ask import AskConfig, ask_results
-from .conquer import ConquerConfig, check_conquer_inputs, conquer, mass_summary
+from ..backends.base import manifest_view
+from ..backends.stage import StageBackend, read_backend_summary
+from .conquer import ConquerConfig, check_conquer_inputs, conquer, mass_summary, score_via
 from .divide import DivideConfig, divide
 from .llm_stage import LLMStageRun, finish_stage, manifest_config, read_summary, summary_lines
 from .pairs import PairsConfig, holistic_question, make_pairs, score_candidates, score_holistic
-from .sample import SampleConfig, sample
+from .sample import SampleConfig, sample, sample_via
 
 
 @dataclass
@@ -246,11 +248,15 @@ def _run(stage: str, out: Path, record_type: type[Record], inputs: Sequence, key
 def run_sample(cfg: SampleConfig, prompts: list[Prompt], prompts_path: Path, out: Path, on_error: str = "raise",
                rank: int | None = None, world: int | None = None, resume: ResumeOptions | None = None):
     """Stage 1 over ``prompts`` into ``out`` (resumable; split across processes, see module doc)."""
-    if not cfg.model:
+    if not cfg.model and not (cfg.backend == "openai" and cfg.endpoint.model):
         raise ConfigError("sample: give --model (or model in the config): the policy that samples the answers")
     base = _base_dir(prompts_path)
+    served = StageBackend("sample", cfg, out)  # backend vllm / openai (rlaifv/backends/); hf: the code below
 
     def make_process():
+        if served.active:
+            return lambda batch: sample_via(served.get(), batch, [load_image(p, base, cfg.max_image_pixels) for p in batch], cfg,
+                                            model_name=cfg.model or cfg.endpoint.model)
         model, proc = _load(cfg.model, cfg)
 
         def process(batch: list[Prompt]) -> list[Candidate]:
@@ -258,10 +264,12 @@ def run_sample(cfg: SampleConfig, prompts: list[Prompt], prompts_path: Path, out
 
         return process
 
-    return _run("sample", out, Candidate, prompts, lambda p: p.prompt_id, make_process, lambda c: c.prompt_id,
-                config=asdict(cfg), seeds={"seed": cfg.seed}, input_paths=[prompts_path],
-                batch_size=cfg.prompts_per_batch, on_error=on_error, rank=rank, world=world,
-                fingerprint=lambda p: prompt_fingerprint(p, base), resume=resume)
+    res = _run("sample", out, Candidate, prompts, lambda p: p.prompt_id, make_process, lambda c: c.prompt_id,
+               config=manifest_view(asdict(cfg)), seeds={"seed": cfg.seed}, input_paths=[prompts_path],
+               batch_size=cfg.prompts_per_batch, on_error=on_error, rank=rank, world=world,
+               fingerprint=lambda p: prompt_fingerprint(p, base), resume=resume)
+    served.finish()
+    return res
 
 
 def run_divide(cfg: DivideConfig, prompts: list[Prompt], candidates: list[Candidate], out: Path, on_error: str = "raise",
@@ -323,7 +331,7 @@ def prompt_of_claim(claim_id: str) -> str:
 def run_conquer(cfg: ConquerConfig, prompts: list[Prompt], prompts_path: Path, questions: list[PolarQuestion], out: Path,
                 on_error: str = "raise", rank: int | None = None, world: int | None = None, resume: ResumeOptions | None = None):
     """Stage 4: every question about one image is scored together (shared prefix)."""
-    if not cfg.model:
+    if not cfg.model and not (cfg.backend == "openai" and cfg.endpoint.model):
         raise ConfigError("conquer: give --model (or model in the config): the labeler, or the policy itself for self-feedback")
     check_conquer_inputs(cfg, prompts)  # e.g. a sandbox-only stand-in mode refuses real prompts
     base = _base_dir(prompts_path)
@@ -331,8 +339,16 @@ def run_conquer(cfg: ConquerConfig, prompts: list[Prompt], prompts_path: Path, q
     for q in questions:
         by_prompt[prompt_of_claim(q.claim_id)].append(q)
     items = [p for p in prompts if p.prompt_id in by_prompt]
+    served = StageBackend("conquer", cfg, out)  # backend vllm / openai (rlaifv/backends/); hf: the code below
 
     def make_process():
+        if served.active:
+            def via(batch: list[Prompt]) -> list[ClaimScore]:
+                scores, outside = score_via(served.get(), [(load_image(p, base, cfg.max_image_pixels), by_prompt[p.prompt_id]) for p in batch], cfg)
+                served.record_scored([s.claim_id for s in scores], outside)
+                return scores
+
+            return via
         model, proc = _load(cfg.model, cfg)
 
         def process(batch: list[Prompt]) -> list[ClaimScore]:
@@ -340,9 +356,11 @@ def run_conquer(cfg: ConquerConfig, prompts: list[Prompt], prompts_path: Path, q
 
         return process
 
-    return _run("conquer", out, ClaimScore, items, lambda p: p.prompt_id, make_process, lambda s: prompt_of_claim(s.claim_id),
-                config=asdict(cfg), batch_size=4, on_error=on_error, rank=rank, world=world, resume=resume,
-                fingerprint=lambda p: prompt_fingerprint(p, base, [q.to_dict() for q in by_prompt[p.prompt_id]]))
+    res = _run("conquer", out, ClaimScore, items, lambda p: p.prompt_id, make_process, lambda s: prompt_of_claim(s.claim_id),
+               config=manifest_view(asdict(cfg)), batch_size=4, on_error=on_error, rank=rank, world=world, resume=resume,
+               fingerprint=lambda p: prompt_fingerprint(p, base, [q.to_dict() for q in by_prompt[p.prompt_id]]))
+    served.finish()
+    return res
 
 
 MASS_NAME = "mass.json"
@@ -489,6 +507,10 @@ def _finish_summary(out: Path, summary: dict) -> None:
                      "raise --max-new-tokens, or their unfinished last sentences become claims")
         warnings.warn(f"feedback ({out}): {notes[-1]}", stacklevel=3)
     notes += [line for st in ("divide", "ask") for line in summary_lines(summary.get(st), problems_only=True)]  # 0 claims, fallbacks
+    served = {st: b for st in ("sample", "conquer", "conquer_holistic") if (b := read_backend_summary(out / STAGE_FOLDERS[st]))}
+    if served:  # vllm / openai stages: request counts, retries, n fallbacks, yes/no outside the top-k (backends/stage.py)
+        summary["backends"] = served
+        notes += [f"{st}: {w}" for st, b in served.items() for w in b.get("warnings", [])]
     summary["warnings"] = notes
     _write_summary(out, summary)
 

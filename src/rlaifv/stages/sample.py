@@ -26,13 +26,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from ..backends.base import EndpointOptions, VLLMOptions, check_backend
 from ..config import ConfigError
 from ..models.chat import _TEXT_KEYS, collate
 from ..models.options import LoadOptions
@@ -63,11 +64,15 @@ class SampleConfig(LoadOptions):
     #: before any forward. 0: the model's context minus max_new_tokens (``models/context.py``)
     max_prompt_tokens: int = 0
     max_image_pixels: int = 40_000_000  # larger images are bad inputs, refused from their header (0: no limit)
+    backend: str = "hf"  # hf (this process) | vllm (offline engine) | openai (an OpenAI-compatible server): rlaifv/backends/
+    endpoint: EndpointOptions = field(default_factory=EndpointOptions)  # backend openai: the server (base_url, model, retries, ...)
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)  # backend vllm: the engine's options
 
     def __post_init__(self) -> None:
         """Refuse settings no prompt could be sampled with, before the first record (a bad
         setting is a config error naming the key, never a reject of every prompt)."""
         super().__post_init__()
+        check_backend("sample", self.backend, self.endpoint, self.vllm)
         for name in ("n", "max_new_tokens", "prompts_per_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"sample.{name} must be >= 1, got {getattr(self, name)}")
@@ -254,3 +259,22 @@ def check_sample_prompts(model, processor, prompts: Sequence[Prompt], images: Se
 
     limit, why = prompt_token_limit(model, cfg.max_prompt_tokens, cfg.max_new_tokens, "sample")
     check_prompt_lengths(processor, [f"prompt {p.prompt_id!r}" for p in prompts], images, [p.question for p in prompts], limit, why)
+
+
+def sample_via(backend, prompts: Sequence[Prompt], images: Sequence[Image.Image], cfg: SampleConfig, model_name: str = "") -> list[Candidate]:
+    """``sample`` through a serving backend (``cfg.backend`` vllm / openai; ``rlaifv/backends/``):
+    the same seeds (:func:`candidate_seed`), the same decoding per candidate, one record per
+    candidate; ``decoding["backend"]`` names who sampled. The prompt-length guard is the server's
+    (a prompt it refuses is a bad input of that prompt)."""
+    from ..backends.base import Decoding
+
+    seeds = [[candidate_seed(cfg.seed, p.prompt_id, k) for k in range(cfg.n)] for p in prompts]
+    decodings = [Decoding(candidate_temperature(cfg, k), cfg.top_p, cfg.max_new_tokens) for k in range(cfg.n)]
+    out = backend.sample(list(images), [p.question for p in prompts], seeds, decodings)
+    return [
+        Candidate(prompt_id=p.prompt_id, sample_index=k, seed=seeds[i][k], text=g.text, model=model_name,
+                  decoding={"temperature": decodings[k].temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+                            "do_sample": True, "truncated": g.truncated, "backend": backend.name})
+        for i, p in enumerate(prompts)
+        for k, g in enumerate(out[i])
+    ]
