@@ -13,7 +13,7 @@ import pytest
 import yaml
 from photos import photo_prompts
 
-from rlaifv.config import ConfigError
+from rlaifv.config import ConfigError, load_config
 from rlaifv.records import Candidate, Claim, ClaimScore, PreferencePair, Prompt
 from rlaifv.stages.iterate import held_out_ids
 from rlaifv.stages.select import SelectionConfig, hallucination_metrics, select_checkpoint
@@ -80,6 +80,23 @@ def test_held_out_prompts_are_a_seeded_draw_independent_of_order():
     assert held != held_out_ids(prompts, SelectionConfig(holdout=3, holdout_seed=8))
     with pytest.raises(ConfigError, match="leaves no prompts"):
         held_out_ids(prompts, SelectionConfig(holdout=10))
+
+
+def test_iterate_refuses_a_served_policy_but_not_a_served_fixed_labeler():
+    """A server keeps the model it started with; iterate trains a new policy every iteration."""
+    from rlaifv.stages.iterate import IterateConfig, resolve
+
+    def cfg(sample: str, conquer: str, labeler: str) -> IterateConfig:
+        c = load_config(IterateConfig, None, {"policy": "p", "labeler": labeler, "prompts": "x.jsonl", "feedback": {
+            "sample": {"backend": sample, "endpoint": {"base_url": "http://127.0.0.1:8000/v1"}},
+            "conquer": {"backend": conquer, "endpoint": {"base_url": "http://127.0.0.1:8001/v1"}}}})
+        return c
+
+    with pytest.raises(ConfigError, match="sample.backend openai"):
+        resolve(cfg("openai", "hf", "lab"))
+    with pytest.raises(ConfigError, match="labeler self"):
+        resolve(cfg("hf", "openai", "self"))
+    assert resolve(cfg("hf", "openai", "lab")).labeler == "lab"  # a fixed labeler may be served
 
 
 @pytest.fixture(scope="module")

@@ -370,3 +370,19 @@ def test_sharded_splits_deterministically_and_merge_restores_input_order(tmp_pat
         merge_stores([tmp_path / "rank0"], tmp_path / "merged", Candidate)
     with pytest.raises(ValueError, match="rank"):
         list(sharded(items, 2, 2))
+
+
+def test_run_made_before_a_key_existed_resumes_when_the_key_keeps_the_old_behaviour(tmp_path):
+    """Config keys added later (store.ADDED_LATER) at their old-behaviour value do not block a resume;
+    any other value of them, or a changed existing key, still does."""
+    from rlaifv.store import StoreError, write_manifest
+
+    old = {"model": "m", "conquer": {"mode": "direct", "batch_size": 32}, "lr": 1e-4}
+    write_manifest(tmp_path, "feedback", old, {"seed": 0}, [])
+    new = {"model": "m", "conquer": {"mode": "direct", "batch_size": 32, "prefix_mode": "packed", "pack_tokens": 2048},
+           "lr": 1e-4, "mixed_precision": "no", "save_total_limit": None}
+    write_manifest(tmp_path, "feedback", new, {"seed": 0}, [])  # resumes
+    with pytest.raises(StoreError, match="prefix_mode"):
+        write_manifest(tmp_path, "feedback", {**new, "conquer": {**new["conquer"], "prefix_mode": "naive"}}, {"seed": 0}, [])
+    with pytest.raises(StoreError, match="mixed_precision"):
+        write_manifest(tmp_path, "feedback", {**new, "mixed_precision": "bf16"}, {"seed": 0}, [])

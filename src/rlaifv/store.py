@@ -547,6 +547,27 @@ def fingerprint(path: PathLike) -> str:
     return "sha256:" + h.hexdigest()
 
 
+#: config keys added after runs already existed, with the value that reproduces the old behaviour:
+#: absent from an old manifest and at this value in the new one counts as the same setting, so
+#: run folders made before the key existed still resume (any nesting level)
+ADDED_LATER: dict[str, Any] = {
+    "prefix_mode": "packed", "pack_tokens": 2048,  # conquer / best-of-N: packed == batched within 1e-4
+    "mixed_precision": "no", "gradient_checkpointing": False, "max_steps": 0, "save_total_limit": None,
+    "report_to": "none", "logging_dir": "",  # train
+}
+
+
+def _fill_added(old: Any, new: Any) -> Any:
+    """``old`` with every ``ADDED_LATER`` key it lacks but ``new`` has at its old-behaviour value."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old
+    out = {k: _fill_added(v, new.get(k)) for k, v in old.items()}
+    for k, v in new.items():
+        if k not in old and k in ADDED_LATER and v == ADDED_LATER[k]:
+            out[k] = v
+    return out
+
+
 def _check_same_run(directory: Path, old: Row, new: Row, check_inputs: bool = False) -> None:
     """StoreError if resuming ``directory`` would mix outputs of different stages/configs/seeds.
 
@@ -556,7 +577,7 @@ def _check_same_run(directory: Path, old: Row, new: Row, check_inputs: bool = Fa
     """
     diffs = []
     for section in ("stage", "config", "seeds"):
-        a, b = old.get(section), new[section]
+        a, b = _fill_added(old.get(section), new[section]), new[section]
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += [f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
                       if a.get(k) != b.get(k) and not same_path(a.get(k), b.get(k), old, new)]

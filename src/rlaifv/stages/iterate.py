@@ -97,7 +97,20 @@ def resolve(cfg: IterateConfig) -> IterateConfig:
     if not sandbox and report > 0:
         raise ConfigError(f"report_scenes {report} evaluates the policy on synthetic sandbox scenes: only for a sandbox run "
                           "(sandbox_prompts > 0); set report_scenes: 0")
+    _check_served(cfg.feedback, labeler)
     return replace(cfg, policy=policy, labeler=labeler, report_scenes=report, selection=replace(cfg.selection, kind=kind))
+
+
+def _check_served(fb: FeedbackConfig, labeler: str) -> None:
+    """A server holds the model it was started with, while iterate trains a new policy every
+    iteration: sampling through ``openai`` (and self-feedback's conquer through it) would go on
+    asking the first policy. ``vllm`` loads each iteration's checkpoint itself, so it may stay."""
+    if getattr(fb.sample, "backend", "hf") == "openai":
+        raise ConfigError("iterate: feedback.sample.backend openai samples the model the server was started with, not each "
+                          "iteration's new policy: use backend hf or vllm for sampling in iterate")
+    if labeler == "self" and getattr(fb.conquer, "backend", "hf") == "openai":
+        raise ConfigError("iterate: with labeler self each iteration's policy labels its own answers; a server keeps the first "
+                          "one: use conquer backend hf or vllm (a separate, fixed labeler may be served)")
 
 
 # ----------------------------------------------------------------------------- prompts
