@@ -169,9 +169,10 @@ def test_snapshots_equal_a_run_stopped_there_and_keep_the_full_schedule(tiny_san
 def test_finetune_cli_rejects_bad_snapshot_steps(tmp_path):
     """One error line as a user sees it (the real console script), nothing trained."""
     import subprocess
+    import sys
 
     for arg, want in (("5,abc", "expected comma-separated step numbers"), ("99999", "steps must lie in 1..3400")):
-        r = subprocess.run(["rlaifv", "sandbox", "finetune-labeler", "--out", str(tmp_path / "x"), "--save-at", arg],
+        r = subprocess.run([sys.executable, "-m", "rlaifv.cli", "sandbox", "finetune-labeler", "--out", str(tmp_path / "x"), "--save-at", arg],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and want in r.stderr + r.stdout and "Traceback" not in r.stderr
         assert not (tmp_path / "x").exists()
