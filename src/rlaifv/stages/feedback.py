@@ -38,6 +38,7 @@ from ..store import (LOCK_NAME, MANIFEST_NAME, REJECTS_NAME, RecordStore, Reject
                      write_manifest)
 from .ask import AskConfig, ask_results
 from ..backends.base import manifest_view
+from ..eval.report import write_json
 from ..backends.stage import StageBackend, read_backend_summary
 from .conquer import ConquerConfig, check_conquer_inputs, conquer, mass_summary, score_via
 from .divide import DivideConfig, divide
@@ -233,7 +234,8 @@ def _run(stage: str, out: Path, record_type: type[Record], inputs: Sequence, key
     res = None
     if not done:
         (out / f"rank-{rank}").mkdir(parents=True, exist_ok=True)
-        (out / f"rank-{rank}" / "world.json").write_text(json.dumps({"rank": rank, "world_size": world}) + "\n")
+        # atomic (temporary file + rename): the other ranks read it in _check_world while this one writes it
+        write_json(out / f"rank-{rank}" / "world.json", {"rank": rank, "world_size": world})
         res = run_stage(stage, out, record_type, inputs, key, None, make_process=make_process, rank=rank, world_size=world, **kw)
     barrier()
     if rank == 0:
