@@ -12,6 +12,8 @@ switched off, one model in memory. N candidates per prompt are sampled once with
 padded); *shared* runs image + prompt once per model and the N answers batched on its KV cache.
 Checks that both give the same summed log-probs and rewards (max abs diff < 1e-4) and prints a
 Markdown table with candidates scored per second (each candidate scored under both models).
+*shared* runs ``answer_logprobs``' default mode, ``packed`` since issue 14 (the N answers in one
+sequence with a block mask); BENCHMARKS.md rows made before that measured the ``batched`` mode.
 """
 
 from __future__ import annotations

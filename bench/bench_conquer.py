@@ -6,7 +6,9 @@ with a 256-wide, 4-layer text model, asks each image the same number of sandbox 
 questions (claims and probes, various lengths), and times ``generate.score_yes_no`` against
 ``prefix.score_yes_no_shared`` in the same process (alternating, best of ``--repeats``). Checks
 that both give the same p_yes/p_no (max abs difference < 1e-4, and < 1e-3 in log space since
-p_yes/p_no of a random model are small) and prints a Markdown table.
+p_yes/p_no of a random model are small) and prints a Markdown table. The shared path runs in
+``score_yes_no_shared``'s default mode, ``packed`` since issue 14 (all questions of an image in one
+forward with a block mask); the BENCHMARKS.md rows made before that measured the ``batched`` mode.
 """
 
 from __future__ import annotations
