@@ -61,6 +61,26 @@ def test_reward_formulas_by_hand():
     assert pick_best([short["dpo-reward"], long["dpo-reward"]]) == 1
 
 
+def test_reward_aggregates_by_hand():
+    """The four aggregates of the reference code's reward pipeline, on one answer: log-ratios 1.0, -0.5, 0.25."""
+    from rlaifv.stages.rewards import reward_aggregate
+    la, lr = _t(-1.0, -2.0, -0.5), _t(-2.0, -1.5, -0.75)
+    assert reward_aggregate(la, lr, 0.1, "sum") == pytest.approx(0.1 * 0.75)
+    assert reward_aggregate(la, lr, 0.1, "mean") == pytest.approx(0.1 * 0.25)
+    assert reward_aggregate(la, lr, 0.1, "min") == pytest.approx(-0.05)
+    assert reward_aggregate(la, lr, 0.1, "last") == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="median"):
+        reward_aggregate(la, lr, 0.1, "median")
+    # min and last pick differently from the mean: a = one bad token, b = uniformly mild
+    a = {"aligned": _t(-0.1, -0.1, -3.0, -0.1), "reference": _t(-1.0, -1.0, -1.0, -1.0)}  # ratios .9 .9 -2 .9: mean .175
+    b = {"aligned": _t(-0.9, -0.9, -0.9, -0.9), "reference": _t(-1.0, -1.0, -1.0, -1.0)}  # ratios .1 x4: mean .1
+    names = ["rlaifv-reward", "reward-min", "reward-last"]
+    sa, sb = candidate_scores("p#0", names, a, None, 1.0), candidate_scores("p#1", names, b, None, 1.0)
+    assert sa == pytest.approx({"rlaifv-reward": 0.175, "reward-min": -2.0, "reward-last": 0.9})
+    assert sb == pytest.approx({"rlaifv-reward": 0.1, "reward-min": 0.1, "reward-last": 0.1})
+    assert [pick_best([sa[n], sb[n]]) for n in names] == [0, 1, 0]
+
+
 def test_bad_log_probs_name_the_candidate():
     with pytest.raises(FloatingPointError, match=r"candidate 'img7#3'.*non-finite"):
         candidate_scores("img7#3", ["rlaifv-reward"], {"aligned": _t(-1.0, float("nan")), "reference": _t(-1.0, -1.0)}, None, 0.1)
@@ -304,10 +324,10 @@ def test_cli_sweep_on_a_tiny_model(rlaifv_bin, tiny_sandbox_model, tmp_path):
     report = json.loads((out / "sweep.json").read_text())
     assert report["ns"] == [1, 2] and report["seeds"] == [0, 1] and report["prompts"] >= 1
     agg = report["aggregate"]
-    assert set(agg) == {"rlaifv-reward", "dpo-reward", "labeler", "perplexity"}
+    assert set(agg) == {"rlaifv-reward", "dpo-reward", "reward-min", "reward-last", "labeler", "perplexity"}
     for scorer in agg:
         assert agg[scorer]["1"] == agg["rlaifv-reward"]["1"]  # N = 1 is candidate 0 for everyone
-    assert agg["rlaifv-reward"]["2"] == agg["rlaifv-reward"]["1"] == agg["dpo-reward"]["2"]
+    assert agg["rlaifv-reward"]["2"] == agg["rlaifv-reward"]["1"] == agg["dpo-reward"]["2"] == agg["reward-min"]["2"] == agg["reward-last"]["2"]
     for seed in (0, 1):
         for r in read_records(out / f"seed-{seed}", BestOfNResult):
             assert len(r.candidates) == 2 and set(r.scores("rlaifv-reward")) == {0.0} and r.chosen_index == 0

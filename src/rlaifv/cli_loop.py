@@ -83,7 +83,7 @@ def best_of_n_cmd(
     aligned: Optional[str] = typer.Option(None, help="DPO-aligned reward model: checkpoint or LoRA adapter folder (default: the policy)."),
     reference: Optional[str] = typer.Option(None, help="Reference model of the reward (default: the aligned LoRA adapter switched off)."),
     labeler: Optional[str] = typer.Option(None, help="Labeler of the `labeler` scorer (required by it; --sandbox-prompts: sandbox:labeler)."),
-    scorer: Optional[str] = typer.Option(None, help="rlaifv-reward (default) | dpo-reward | labeler | perplexity."),
+    scorer: Optional[str] = typer.Option(None, help="rlaifv-reward (default) | dpo-reward | reward-min | reward-last | labeler | perplexity."),
     also_score: Optional[str] = typer.Option(None, help="Further scorers to compute and record, comma-separated."),
     n: Optional[int] = typer.Option(None, help="Candidates per prompt, N (default 8)."),
     beta: Optional[float] = typer.Option(None, help="DPO beta of the reward (default 0.1; scales, never reorders)."),

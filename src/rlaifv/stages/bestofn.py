@@ -7,6 +7,8 @@ answers and the best one is returned. Scorers (``SCORERS``):
 * ``rlaifv-reward`` (default): ``(beta / T) * sum_t [log pi_aligned(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]``
   over the answer tokens, T = their number (:func:`implicit_reward`);
 * ``dpo-reward``: the same sum without the 1/T (the plain DPO implicit reward);
+* ``reward-min`` / ``reward-last``: beta times the smallest / the last token's log-ratio, the
+  other aggregates of the reference code's reward pipeline (``stages/rewards.py``);
 * ``labeler``: the divide-and-conquer score of the feedback engine, -(number of rejected
   claims), from the ``divide``, ``ask`` and ``conquer`` stages with a labeler model;
 * ``perplexity``: the mean token log-prob of the answer under the sampling policy (higher is
@@ -31,7 +33,6 @@ prompt, manifest written, progress bar. The sandbox sweep over N lives in
 from __future__ import annotations
 
 import json
-import math
 import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -58,12 +59,12 @@ from .conquer import ConquerConfig, check_conquer_inputs, conquer, score_via
 from .divide import DivideConfig, divide
 from .feedback import _run, prompt_of_claim, prompts_file
 from .llm import build_chat_lm
+from .rewards import REWARD_SCORERS, candidate_scores, implicit_reward, labeler_score, mean_logprob, pick_best  # noqa: F401 (re-exported)
 from .sample import SampleConfig, sample, sample_via
 
-SCORERS = ("rlaifv-reward", "dpo-reward", "labeler", "perplexity")
-REWARD_SCORERS = ("rlaifv-reward", "dpo-reward")
+SCORERS = (*REWARD_SCORERS, "labeler", "perplexity")
 #: which model's log-probs each scorer reads
-ROLES_OF = {"rlaifv-reward": ("aligned", "reference"), "dpo-reward": ("aligned", "reference"), "perplexity": ("policy",), "labeler": ()}
+ROLES_OF = {**{name: ("aligned", "reference") for name in REWARD_SCORERS}, "perplexity": ("policy",), "labeler": ()}
 
 
 @dataclass
@@ -90,7 +91,7 @@ class BestOfNConfig:
     sandbox_prompts: int = 0  # >0: this many sandbox describe prompts (scenes of `sandbox_split`) into out/prompts
     sandbox_split: str = "test"  # val | test: held-out sandbox scenes
     out: str = "runs/best-of-n"  # run folder: results/ (records), prompts/ (sandbox), summary.json
-    scorer: str = "rlaifv-reward"  # picks the answer: rlaifv-reward | dpo-reward | labeler | perplexity
+    scorer: str = "rlaifv-reward"  # picks the answer: rlaifv-reward | dpo-reward | reward-min | reward-last | labeler | perplexity
     also_score: tuple[str, ...] = ()  # further scorers computed and recorded for every candidate
     aligned: str = ""  # reward model: DPO-aligned checkpoint or LoRA adapter folder ("" = the policy, sample.model)
     reference: str = ""  # reference model of the reward ("" = `aligned` with its LoRA adapter switched off)
@@ -192,82 +193,6 @@ class BestOfNResult(Record):
             raise RecordError(str(e)) from e
         if self.scores()[best] != self.scores()[self.chosen_index]:
             raise RecordError(f"{label}: candidate {self.chosen_index} is not the best under {self.scorer}")
-
-
-# ----------------------------------------------------------------------------- scoring formulas
-
-
-def _check_logps(x: torch.Tensor, what: str) -> None:
-    if x.ndim != 1 or x.numel() == 0:
-        raise ValueError(f"{what}: expected a non-empty 1-D tensor of token log-probs, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise FloatingPointError(f"{what}: non-finite token log-prob(s) {x[~torch.isfinite(x)].tolist()[:3]}")
-
-
-def implicit_reward(logp_aligned: torch.Tensor, logp_reference: torch.Tensor, beta: float, length_normalised: bool = True) -> float:
-    """The DPO implicit reward of one answer from its per-token log-probs [T] under both models.
-
-    RLAIF-V Sec. 3.3 (arXiv 2405.17220): r(y) = (beta / T) * sum_{t=1..T} [log pi_aligned(y_t | x, y_<t)
-    - log pi_ref(y_t | x, y_<t)], T = number of answer tokens (incl. EOS). ``length_normalised=False``
-    gives the plain DPO reward beta * sum_t [...] (``dpo-reward``). Summed in float64.
-    """
-    _check_logps(logp_aligned, "aligned log-probs")
-    _check_logps(logp_reference, "reference log-probs")
-    if logp_aligned.shape != logp_reference.shape:
-        raise ValueError(f"aligned and reference log-probs cover different tokens: {tuple(logp_aligned.shape)} vs {tuple(logp_reference.shape)}")
-    total = beta * float((logp_aligned.double() - logp_reference.double()).sum())
-    return total / logp_aligned.numel() if length_normalised else total
-
-
-def mean_logprob(logp: torch.Tensor) -> float:
-    """The ``perplexity`` score: mean token log-prob (= -log perplexity; higher is better)."""
-    _check_logps(logp, "policy log-probs")
-    return float(logp.double().mean())
-
-
-def labeler_score(rejected: Sequence[bool]) -> float:
-    """The feedback engine's response score: -(number of rejected claims) (RLAIF-V Sec. 3.2)."""
-    return -float(sum(bool(r) for r in rejected))
-
-
-def pick_best(scores: Sequence[float], label: str = "best-of-n") -> int:
-    """Index of the highest score; ties go to the lowest index. Non-finite scores are errors."""
-    if not scores:
-        raise ValueError(f"{label}: no candidates to choose from")
-    for i, s in enumerate(scores):
-        if not math.isfinite(s):
-            raise ValueError(f"{label}: candidate {i} has a non-finite score {s}")
-    best = 0
-    for i in range(1, len(scores)):
-        if scores[i] > scores[best]:
-            best = i
-    return best
-
-
-def candidate_scores(
-    candidate_id: str, scorers: Sequence[str], logps: dict[str, torch.Tensor], rejected: Sequence[bool] | None, beta: float
-) -> dict[str, float]:
-    """scorer -> score of one candidate from its per-role token log-probs and claim verdicts.
-
-    Raises ``FloatingPointError`` / ``ValueError`` naming the candidate on NaN/inf log-probs or
-    missing inputs.
-    """
-    out: dict[str, float] = {}
-    try:
-        for name in scorers:
-            if name in REWARD_SCORERS:
-                out[name] = implicit_reward(logps["aligned"], logps["reference"], beta, length_normalised=name == "rlaifv-reward")
-            elif name == "perplexity":
-                out[name] = mean_logprob(logps["policy"])
-            elif rejected is not None:
-                out[name] = labeler_score(rejected)
-            else:
-                raise ValueError("no claim verdicts for the labeler scorer")
-    except KeyError as e:
-        raise ValueError(f"candidate {candidate_id!r}: no log-probs of the {e.args[0]} model") from e
-    except (ValueError, FloatingPointError) as e:
-        raise type(e)(f"candidate {candidate_id!r}: {e}") from e
-    return out
 
 
 # ----------------------------------------------------------------------------- models
