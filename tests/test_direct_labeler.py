@@ -176,3 +176,20 @@ def test_finetune_cli_rejects_bad_snapshot_steps(tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and want in r.stderr + r.stdout and "Traceback" not in r.stderr
         assert not (tmp_path / "x").exists()
+
+
+def test_snapshot_eval_table_after_training(tiny_sandbox_model, tmp_path, capsys):
+    """``--save-at`` ends with each snapshot's fresh evaluation and one table (this crashed with
+    KeyError 'model' after a 2,200-step run had saved and evaluated every snapshot)."""
+    import shutil
+
+    from rlaifv.cli_labeler import _eval_snapshots
+
+    for step in (1, 2):
+        shutil.copytree(tiny_sandbox_model, tmp_path / f"step-{step:05d}")
+    _eval_snapshots(tmp_path, [1, 2], eval_scenes=2, eval_start=10_000)
+    for step in (1, 2):
+        res = json.loads((tmp_path / f"step-{step:05d}" / "rlaifv_eval.json").read_text())
+        assert res["claims"]["direct"]["n"] > 0
+    out = capsys.readouterr().out
+    assert "step-00001" in out and "step-00002" in out and "claim F1" in out

@@ -99,5 +99,5 @@ def _eval_snapshots(out: Path, steps: list[int], eval_scenes: int, eval_start: i
             res = fresh_eval(model, processor, eval_scenes, eval_start, progress=bar)
         write_json(folder / "rlaifv_eval.json", res)
         d = res["claims"]["direct"]
-        rows.append({"snapshot": folder.name, "claim F1": d["f1"], "claim accuracy": d["accuracy"]})
+        rows.append({"model": folder.name, "claim F1": d["f1"], "claim accuracy": d["accuracy"]})
     _metric_table(f"snapshots on test scenes {eval_start}..{eval_start + eval_scenes - 1} (direct yes/no)", rows)
