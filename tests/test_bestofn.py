@@ -7,6 +7,7 @@ from its reference).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -336,7 +337,7 @@ def test_cli_sweep_on_a_tiny_model(rlaifv_bin, tiny_sandbox_model, tmp_path):
 
 
 def test_scorer_correlations_by_hand(tmp_path):
-    """Per prompt Pearson r of score vs hallucinated / correct objects / words, averaged over prompts."""
+    """Per prompt Pearson r of score vs hallucinated objects / wrong attributes / correct objects / words."""
     from rlaifv.sandbox.bestofn_sweep import scorer_correlations
     from rlaifv.sandbox.prompts import scene_of, write_sandbox_prompts
     from rlaifv.sandbox.tasks import sentence
@@ -348,13 +349,38 @@ def test_scorer_correlations_by_hand(tmp_path):
     true, absent = sentence(obj), "There is a large red cross at the bottom right."
     if "cross" in [o.shape for o in scene_of(prompt).objects]:
         pytest.skip("scene 0 holds a cross")
-    texts = [true, true + " " + absent, absent]  # hallucinated 0, 1, 1; correct 1, 1, 0
+    recoloured = sentence(dataclasses.replace(obj, colour="blue" if obj.colour != "blue" else "red"))
+    texts = [true, true + " " + absent, absent, recoloured]  # hallucinated 0, 1, 1, 0; wrong attr. 0, 0, 0, 1; correct 1, 1, 0, 1
     words = [len(t.split()) for t in texts]
-    score = [3.0, 1.0, 2.0]
+    score = [3.0, 1.0, 2.0, 0.5]
     cands = [{"text": t, "scores": {"rlaifv-reward": s}} for t, s in zip(texts, score)]
     with RecordStore(tmp_path / "seed-0", BestOfNResult) as store:
         store.write([BestOfNResult(prompt.prompt_id, prompt.question, "rlaifv-reward", 0, true, cands)])
     corr = scorer_correlations(tmp_path)["rlaifv-reward"]
-    assert corr["hallucinated"] == pytest.approx(statistics.correlation(score, [0, 1, 1]))  # -0.866
-    assert corr["correct"] == pytest.approx(statistics.correlation(score, [1, 1, 0]))
+    assert corr["hallucinated"] == pytest.approx(statistics.correlation(score, [0, 1, 1, 0]))
+    assert corr["attr_errors"] == pytest.approx(statistics.correlation(score, [0, 0, 0, 1]))
+    assert corr["correct"] == pytest.approx(statistics.correlation(score, [1, 1, 0, 1]))
     assert corr["words"] == pytest.approx(statistics.correlation(score, words))
+
+
+def test_labeler_audit_by_hand(tmp_path):
+    """Rejected claims checked against the scene: one true claim rejected (fp), one false claim
+    rejected (tp), one false claim kept (fn); the fewest false claims of the prompt's candidates is 1."""
+    from rlaifv.sandbox.bestofn_sweep import labeler_audit
+    from rlaifv.sandbox.prompts import scene_of, write_sandbox_prompts
+    from rlaifv.sandbox.tasks import sentence
+    from rlaifv.store import RecordStore, read_records as read
+
+    path = write_sandbox_prompts(tmp_path / "prompts", 1, split="test")
+    prompt = next(iter(read(path, Prompt)))
+    if "cross" in [o.shape for o in scene_of(prompt).objects]:
+        pytest.skip("scene 0 holds a cross")
+    true, absent = sentence(scene_of(prompt).objects[0]), "There is a large red cross at the bottom right."
+    cands = [{"text": "a", "claims": [true, absent], "rejected": [True, True], "scores": {"labeler": -2.0}},
+             {"text": "b", "claims": [absent, true, absent], "rejected": [False, False, True], "scores": {"labeler": -1.0}}]
+    with RecordStore(tmp_path / "seed-0", BestOfNResult) as store:
+        store.write([BestOfNResult(prompt.prompt_id, prompt.question, "labeler", 1, "b", cands)])
+    audit = labeler_audit(tmp_path)
+    assert audit["claims"] == 5 and audit["unparsable"] == 0
+    assert (audit["reject"]["tp"], audit["reject"]["fp"], audit["reject"]["fn"]) == (2, 1, 1)
+    assert audit["fewest_false_claims_per_prompt"] == {1: 1}

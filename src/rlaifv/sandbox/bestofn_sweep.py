@@ -7,7 +7,8 @@ those candidates are exactly the N a run with ``n = N`` would draw; so for every
 ``ns`` the best among the first N candidates is what best-of-N returns at that N (ties: the
 lowest index, so N = 1 is candidate 0 for every scorer). The chosen answers are scored against
 the scene ground truth with the sandbox CHAIR metrics (``eval/chair.py``: CHAIR_i, CHAIR_s,
-object recall, mean answer length in words), then averaged over seeds (mean and sample standard
+object recall, the attribute error rate of mentions of present objects, which CHAIR_i does not
+count but a claim-level labeler does, mean answer length in words), then averaged over seeds (mean and sample standard
 deviation).
 
 Outputs in ``out``: ``sweep.json`` (per seed and aggregated), ``sweep.md`` (Markdown table),
@@ -30,8 +31,8 @@ from ..store import read_records
 from .prompts import scene_of
 from .world import Scene
 
-METRICS = ("chair_i", "chair_s", "recall", "avg_length")
-METRIC_NAMES = {"chair_i": "CHAIR_i", "chair_s": "CHAIR_s", "recall": "recall", "avg_length": "words"}
+METRICS = ("chair_i", "chair_s", "recall", "attr_error_rate", "avg_length")
+METRIC_NAMES = {"chair_i": "CHAIR_i", "chair_s": "CHAIR_s", "recall": "recall", "attr_error_rate": "attr. err", "avg_length": "words"}
 
 
 def chosen_at(result: BestOfNResult, scorer: str, n: int) -> str:
@@ -158,7 +159,8 @@ def run_sweep(cfg: BestOfNConfig) -> dict[str, Any]:
 
 def scorer_correlations(out: Path, scorers: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """What each scorer ranks by: within each prompt's candidates, the Pearson correlation of the
-    score with the number of hallucinated objects, of correct objects and of words, averaged
+    score with the number of hallucinated objects, of present objects mentioned with a wrong
+    colour, size or cell (``attr_errors``), of correct objects and of words, averaged
     over prompts (and seeds) where both vary. Reads a finished sweep folder (``seed-*/``)."""
     from ..eval.chair import answer_chair
 
@@ -168,7 +170,8 @@ def scorer_correlations(out: Path, scorers: Sequence[str] | None = None) -> dict
         for r in read_records(seed_dir, BestOfNResult):
             scene = scene_of(prompts[r.prompt_id])
             counts = [answer_chair(c["text"], scene) for c in r.candidates]
-            features = {"hallucinated": [len(a.hallucinated) for a in counts], "correct": [len(a.correct) for a in counts],
+            features = {"hallucinated": [len(a.hallucinated) for a in counts], "attr_errors": [len(a.attr_error_shapes) for a in counts],
+                        "correct": [len(a.correct) for a in counts],
                         "words": [a.n_words for a in counts]}
             for s in scorers or r.candidates[0]["scores"].keys():
                 score = [c["scores"][s] for c in r.candidates]
@@ -181,10 +184,42 @@ def scorer_correlations(out: Path, scorers: Sequence[str] | None = None) -> dict
     return table
 
 
-if __name__ == "__main__":  # python -m rlaifv.sandbox.bestofn_sweep SWEEP_DIR: the correlations as Markdown
+def labeler_audit(out: Path) -> dict[str, Any]:
+    """The labeler scorer's claim verdicts against the scene ground truth, over every seed of a
+    finished sweep: reject precision / recall (a rejected claim should be false), and the fewest
+    false claims any candidate of a prompt has (what the best labeler score can reach)."""
+    from .audit import _prf, claim_truth
+
+    prompts = {p.prompt_id: p for p in read_records(out / "prompts" / "prompts.jsonl", Prompt)}
+    tp = fp = fn = unparsable = n_claims = 0
+    fewest: dict[int, int] = {}
+    for seed_dir in sorted(out.glob("seed-*")):
+        for r in read_records(seed_dir, BestOfNResult):
+            scene, best = scene_of(prompts[r.prompt_id]), None
+            for c in r.candidates:
+                truth = [claim_truth(x, scene) for x in c.get("claims") or []]
+                n_claims += len(truth)
+                unparsable += sum(t is None for t in truth)
+                for t, rej in zip(truth, c.get("rejected") or []):
+                    tp, fp, fn = tp + (rej and t is False), fp + (rej and t is True), fn + (not rej and t is False)
+                n_false = sum(t is False for t in truth)
+                best = n_false if best is None else min(best, n_false)
+            if best is not None:
+                fewest[best] = fewest.get(best, 0) + 1
+    return {"claims": n_claims, "unparsable": unparsable, "reject": _prf(tp, fp, fn), "fewest_false_claims_per_prompt": dict(sorted(fewest.items()))}
+
+
+if __name__ == "__main__":  # python -m rlaifv.sandbox.bestofn_sweep SWEEP_DIR: the correlations as Markdown, the labeler audit
     import sys
 
     corr = scorer_correlations(Path(sys.argv[1]))
-    print("| scorer | vs hallucinated objects | vs correct objects | vs words |\n|---|---|---|---|")
+    print("| scorer | vs hallucinated objects | vs wrong attributes | vs correct objects | vs words |\n|---|---|---|---|---|")
     for s, row in corr.items():
-        print(f"| {s} | {row.get('hallucinated', float('nan')):+.3f} | {row.get('correct', float('nan')):+.3f} | {row.get('words', float('nan')):+.3f} |")
+        cells = [f"{row.get(k, float('nan')):+.3f}" for k in ("hallucinated", "attr_errors", "correct", "words")]
+        print(f"| {s} | " + " | ".join(cells) + " |")
+    audit = labeler_audit(Path(sys.argv[1]))
+    if audit["claims"]:
+        rej = audit["reject"]
+        print(f"\nlabeler verdicts vs ground truth ({audit['claims']} claims, {audit['unparsable']} unparsable): "
+              f"reject precision {rej['precision']}, recall {rej['recall']}; fewest false claims among a prompt's "
+              f"candidates -> prompts (seeds summed): {audit['fewest_false_claims_per_prompt']}")
