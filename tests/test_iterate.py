@@ -113,3 +113,18 @@ def test_summarize_runs_by_hand(tmp_path):
     assert s[1]["chair_i"] == pytest.approx(0.15) and "pairs" not in s[0] and s[1]["pairs"] == 20
     md = summary_markdown(s)
     assert "| 0 | - | 0.400 ± 0.141 | 0.800 ± 0.000 |" in md
+    assert "false_mentions" not in s[0]  # no attr_err in these reports: nothing derived
+
+
+def test_false_mentions_by_hand(tmp_path):
+    """CHAIR_i 0.2 and 25% of the correct mentions with a wrong attribute: 0.2 + 0.25 * 0.8 = 0.4."""
+    from rlaifv.eval.iterations import false_mention_rate, summarize, summary_markdown
+
+    assert false_mention_rate({"chair_i": 0.2, "attr_err": 0.25}) == pytest.approx(0.4)
+    assert false_mention_rate({"chair_i": 0.2}) is None
+    for name, (ci, ae) in (("a", (0.2, 0.25)), ("b", (0.0, 0.5))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps([{"iteration": 0, "chair_i": ci, "attr_err": ae}]))
+    s = summarize([tmp_path / "a", tmp_path / "b"])
+    assert s[0]["false_mentions"] == pytest.approx(0.45)
+    assert "| attr. err | false mentions |" in summary_markdown(s)

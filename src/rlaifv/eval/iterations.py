@@ -77,17 +77,29 @@ def write_report(rows: Sequence[dict[str, Any]], out: Path) -> dict[str, Path]:
     return paths
 
 
-def summarize(runs: Sequence[Path], keys: Sequence[str] = ("chair_s", "chair_i", "recall", "pope_f1", "attr_err", "avg_length", "pairs",
-                                                           "seconds")) -> list[dict[str, Any]]:
+def false_mention_rate(row: dict[str, Any]) -> float | None:
+    """Share of object mentions that are false in any way: an absent object (CHAIR_i) or a present
+    one with a wrong colour, size or cell (``attr_err``, whose denominator is the correct
+    mentions): ``chair_i + attr_err * (1 - chair_i)``. This is what a claim-level labeler judges;
+    CHAIR_i alone counts only the absent objects. None without both numbers."""
+    ci, ae = row.get("chair_i"), row.get("attr_err")
+    return None if ci is None or ae is None else ci + ae * (1 - ci)
+
+
+def summarize(runs: Sequence[Path], keys: Sequence[str] = ("chair_s", "chair_i", "recall", "pope_f1", "attr_err", "false_mentions",
+                                                           "avg_length", "pairs", "seconds")) -> list[dict[str, Any]]:
     """Mean and sample standard deviation over several runs' ``report.json``, per iteration.
 
     Rows: ``{"iteration": i, "runs": n, "<key>": mean, "<key>_std": std}`` for iterations that
-    every run has.
+    every run has; ``false_mentions`` is derived per run (:func:`false_mention_rate`).
     """
     import json
     import statistics
 
     reports = [json.loads((Path(r) / "report.json").read_text()) for r in runs]
+    for rep in reports:
+        for row in rep:
+            row.setdefault("false_mentions", false_mention_rate(row))
     if not reports:
         raise ValueError("no runs to summarize")
     n_iter = min(len(r) for r in reports)
@@ -106,6 +118,7 @@ def summarize(runs: Sequence[Path], keys: Sequence[str] = ("chair_s", "chair_i",
 def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The summary as Markdown: mean ± std per column."""
     cols = [(k, t) for k, t in COLUMNS if k not in ("iteration", "selected")]
+    cols.insert(next(i for i, (k, _) in enumerate(cols) if k == "attr_err") + 1, ("false_mentions", "false mentions"))
     head = "| iteration | " + " | ".join(t for _, t in cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
 
     def cell(r: dict[str, Any], k: str) -> str:
