@@ -64,7 +64,7 @@ class StageBackend:
             os.fsync(f.fileno())
 
     def finish(self) -> dict[str, Any] | None:
-        """Write ``summary.json`` (rank 0) for a vllm / openai stage; returns it (None for hf)."""
+        """Write ``summary.json`` (rank 0) for a vllm / openai stage and close its backend; returns it (None for hf)."""
         if not self.active:
             return None
         from ..runner import rank_and_world
@@ -78,6 +78,9 @@ class StageBackend:
         if self.stage == "conquer":
             summary["outside_top_k"] = self._outside()
         summary["warnings"] = self._warnings(summary)
+        if self._backend is not None:  # the stage is done: free the engine (a vLLM engine holds its GPU) for the next stage
+            self._backend.close()
+            self._backend = None
         for w in summary["warnings"]:
             warnings.warn(f"{self.stage} ({self.out}): {w}", stacklevel=2)
         if rank_and_world()[0] == 0:
