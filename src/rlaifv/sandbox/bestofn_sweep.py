@@ -8,8 +8,8 @@ those candidates are exactly the N a run with ``n = N`` would draw; so for every
 lowest index, so N = 1 is candidate 0 for every scorer). The chosen answers are scored against
 the scene ground truth with the sandbox CHAIR metrics (``eval/chair.py``: CHAIR_i, CHAIR_s,
 object recall, the attribute error rate of mentions of present objects, which CHAIR_i does not
-count but a claim-level labeler does, mean answer length in words), then averaged over seeds (mean and sample standard
-deviation).
+count but a claim-level labeler does, mean answer length in words), then averaged over seeds
+(mean and sample standard deviation).
 
 Outputs in ``out``: ``sweep.json`` (per seed and aggregated), ``sweep.md`` (Markdown table),
 ``sweep.png`` (CHAIR_i and recall vs N, one line per scorer, error bars = std over seeds).
