@@ -35,6 +35,13 @@ def _matches(m: Mention, obj) -> bool:
     return all(getattr(m, a) is None or getattr(m, a) == b for a, b in (("colour", obj.colour), ("size", obj.size), ("cell", obj.cell)))
 
 
+def tally_verdict(counts: dict[str, int], truth: bool | None, rejected: bool) -> None:
+    """Count one claim verdict against the scene (a rejected claim should be false): ``tp`` / ``fp``
+    / ``fn`` / ``tn``, or ``unparsable`` when the claim cannot be checked."""
+    key = "unparsable" if truth is None else ("fp" if truth else "tp") if rejected else ("tn" if truth else "fn")
+    counts[key] = counts.get(key, 0) + 1
+
+
 def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
@@ -55,21 +62,18 @@ def audit_run(run: str | Path, prompts_file: str | Path | None = None) -> dict[s
     claims = list(read_records(run / "claims", Claim))
     scores = {s.claim_id: s for s in read_records(run / "scores", ClaimScore)}
     per_cand: dict[str, int] = defaultdict(int)
-    tp = fp = fn = tn = unparsable = 0
+    n: dict[str, int] = dict.fromkeys(("tp", "fp", "fn", "tn", "unparsable"), 0)
     false_claims: dict[str, int] = defaultdict(int)
     for cl in claims:
         per_cand[cl.candidate_id] += 1
         truth = claim_truth(cl.text, scenes[cands[cl.candidate_id].prompt_id])
         s = scores.get(cl.id)
-        if truth is None or s is None:
-            unparsable += truth is None
+        if s is None:  # not scored: only its parsability is counted
+            n["unparsable"] += truth is None
             continue
-        false_claims[cl.candidate_id] += not truth
-        rejected = not s.accepted
-        tp += rejected and not truth
-        fp += rejected and truth
-        fn += (not rejected) and not truth
-        tn += (not rejected) and truth
+        tally_verdict(n, truth, not s.accepted)
+        false_claims[cl.candidate_id] += truth is False
+    tp, fp, fn, tn, unparsable = n["tp"], n["fp"], n["fn"], n["tn"], n["unparsable"]
     pairs = list(read_records(run / "pairs", PreferencePair)) if any((run / "pairs").glob("shard-*")) else []
     return {
         "prompts": len(prompts), "candidates": len(cands), "claims": len(claims),

@@ -188,10 +188,11 @@ def labeler_audit(out: Path) -> dict[str, Any]:
     """The labeler scorer's claim verdicts against the scene ground truth, over every seed of a
     finished sweep: reject precision / recall (a rejected claim should be false), and the fewest
     false claims any candidate of a prompt has (what the best labeler score can reach)."""
-    from .audit import _prf, claim_truth
+    from .audit import _prf, claim_truth, tally_verdict
 
     prompts = {p.prompt_id: p for p in read_records(out / "prompts" / "prompts.jsonl", Prompt)}
-    tp = fp = fn = unparsable = n_claims = 0
+    n: dict[str, int] = dict.fromkeys(("tp", "fp", "fn", "tn", "unparsable"), 0)
+    n_claims = 0
     fewest: dict[int, int] = {}
     for seed_dir in sorted(out.glob("seed-*")):
         for r in read_records(seed_dir, BestOfNResult):
@@ -199,14 +200,14 @@ def labeler_audit(out: Path) -> dict[str, Any]:
             for c in r.candidates:
                 truth = [claim_truth(x, scene) for x in c.get("claims") or []]
                 n_claims += len(truth)
-                unparsable += sum(t is None for t in truth)
                 for t, rej in zip(truth, c.get("rejected") or []):
-                    tp, fp, fn = tp + (rej and t is False), fp + (rej and t is True), fn + (not rej and t is False)
+                    tally_verdict(n, t, bool(rej))
                 n_false = sum(t is False for t in truth)
                 best = n_false if best is None else min(best, n_false)
             if best is not None:
                 fewest[best] = fewest.get(best, 0) + 1
-    return {"claims": n_claims, "unparsable": unparsable, "reject": _prf(tp, fp, fn), "fewest_false_claims_per_prompt": dict(sorted(fewest.items()))}
+    return {"claims": n_claims, "unparsable": n["unparsable"], "reject": _prf(n["tp"], n["fp"], n["fn"]),
+            "fewest_false_claims_per_prompt": dict(sorted(fewest.items()))}
 
 
 if __name__ == "__main__":  # python -m rlaifv.sandbox.bestofn_sweep SWEEP_DIR: the correlations as Markdown, the labeler audit
